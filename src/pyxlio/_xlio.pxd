@@ -1,0 +1,211 @@
+# cython: language_level=3
+"""Raw C declarations of the XLIO Extra API, from pyxlio's own header (include/pyxlio/xlio_abi.h).
+
+Nothing here but declarations: every class and wrapper lives in the .pyx modules.  Every
+function-pointer type is ``nogil`` so the receive and free loops can call it without the GIL.
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from posix.types cimport pid_t
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+    struct sockaddr:
+        sa_family_t sa_family
+    struct sockaddr_storage:
+        sa_family_t ss_family
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int SOL_SOCKET
+    int MSG_DONTWAIT
+    int MSG_WAITFORONE
+    int MSG_TRUNC
+    int SOCK_STREAM
+    int SOCK_DGRAM
+    int AF_INET
+    int AF_INET6
+    int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen)
+    ssize_t recvfrom(int fd, void *buf, size_t n, int flags, sockaddr *addr, socklen_t *addrlen)
+    int recvmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags, timespec *tmo)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    short POLLIN
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+
+
+cdef extern from "pyxlio/xlio_abi.h" nogil:
+    # discovery
+    int PYXLIO_SO_XLIO_GET_API
+    uint64_t PYXLIO_XLIO_MAGIC
+
+    # cap bits
+    int PYXLIO_CAP_REGISTER_RECV_CALLBACK
+    int PYXLIO_CAP_RECVFROM_ZCOPY
+    int PYXLIO_CAP_RECVFROM_ZCOPY_FREE_PACKETS
+    int PYXLIO_CAP_ADD_CONF_RULE
+    int PYXLIO_CAP_THREAD_OFFLOAD
+    int PYXLIO_CAP_GET_SOCKET_RINGS_NUM
+    int PYXLIO_CAP_GET_SOCKET_RINGS_FDS
+    int PYXLIO_CAP_SOCKETXTREME_POLL
+    int PYXLIO_CAP_SOCKETXTREME_FREE_PACKETS
+    int PYXLIO_CAP_SOCKETXTREME_REF_XLIO_BUFF
+    int PYXLIO_CAP_SOCKETXTREME_FREE_XLIO_BUFF
+    int PYXLIO_CAP_DUMP_FD_STATS
+    int PYXLIO_CAP_IOCTL
+    int PYXLIO_CAP_XLIO_SOCKET
+
+    # flags and constants
+    int PYXLIO_MSG_XLIO_ZCOPY_FORCE
+    int PYXLIO_MSG_XLIO_ZCOPY
+    int PYXLIO_SND_FLAGS_DUMMY
+    int PYXLIO_CMSG_IOCTL_USER_ALLOC
+    int PYXLIO_USER_ALLOC_TX
+    int PYXLIO_USER_ALLOC_RX
+    int PYXLIO_USER_ALLOC_TX_ZC
+    int PYXLIO_USER_ALLOC_PAYLOAD
+    int PYXLIO_USER_ALLOC_CMSG_LEN
+    int PYXLIO_USER_ALLOC_CMSG_SPACE
+    int PYXLIO_API_LEGACY_SIZE_2_0
+    int PYXLIO_API_LEGACY_SIZE_3_10
+    int PYXLIO_API_LEGACY_SIZE_3_30_3
+    int PYXLIO_ZC_HEADER_BYTES
+    int PYXLIO_ZC_PACKET_BYTES
+    int PYXLIO_ZC_IOV_BYTES
+    int PYXLIO_ZC_TCP_MIN
+    size_t PYXLIO_ZC_UDP_MIN(size_t nfrags)
+
+    ctypedef enum pyxlio_verdict_t:
+        PYXLIO_PACKET_DROP
+        PYXLIO_PACKET_RECV
+        PYXLIO_PACKET_HOLD
+
+    ctypedef enum pyxlio_layout_t:
+        PYXLIO_LAYOUT_LEGACY
+        PYXLIO_LAYOUT_360
+        PYXLIO_LAYOUT_361
+        PYXLIO_LAYOUT_394
+
+    # zero-copy structures (packed)
+    ctypedef struct pyxlio_zc_packet_t:
+        void *packet_id
+        size_t sz_iov
+    ctypedef struct pyxlio_zc_packets_t:
+        size_t n_packet_num
+    size_t pyxlio_zc_packet_bytes(size_t sz_iov)
+    pyxlio_zc_packet_t *pyxlio_zc_first(pyxlio_zc_packets_t *p)
+    pyxlio_zc_packet_t *pyxlio_zc_next(pyxlio_zc_packet_t *p)
+    void *pyxlio_zc_iov_base(const pyxlio_zc_packet_t *p, size_t k)
+    size_t pyxlio_zc_iov_len(const pyxlio_zc_packet_t *p, size_t k)
+
+    ctypedef struct pyxlio_recv_info_t:
+        size_t struct_sz
+        void *packet_id
+        const sockaddr *src
+        const sockaddr *dst
+        size_t payload_sz
+        uint32_t socket_ready_queue_pkt_count
+        uint32_t socket_ready_queue_byte_count
+        timespec hw_timestamp
+        timespec sw_timestamp
+
+    ctypedef pyxlio_verdict_t (*pyxlio_recv_callback_t)(int fd, size_t sz_iov, iovec *iov,
+                                                        pyxlio_recv_info_t *info, void *context)
+
+    # function-pointer types: each callable without the GIL
+    ctypedef int (*pyxlio_recvfrom_zcopy_fn)(int s, void *buf, size_t len, int *flags,
+                                             sockaddr *src, socklen_t *fromlen) nogil
+    ctypedef int (*pyxlio_free_packets_fn)(int s, pyxlio_zc_packet_t *pkts, size_t count) nogil
+    ctypedef int (*pyxlio_add_conf_rule_fn)(const char *config_line) nogil
+    ctypedef int (*pyxlio_thread_offload_fn)(int offload, unsigned long tid) nogil
+    ctypedef int (*pyxlio_get_socket_rings_num_fn)(int fd) nogil
+    ctypedef int (*pyxlio_get_socket_rings_fds_fn)(int fd, int *ring_fds, int ring_fds_sz) nogil
+    ctypedef int (*pyxlio_dump_fd_stats_fn)(int fd, int log_level) nogil
+    ctypedef int (*pyxlio_ioctl_fn)(void *cmsg_hdr, size_t cmsg_len) nogil
+    ctypedef int (*pyxlio_register_recv_callback_fn)(int s, pyxlio_recv_callback_t cb,
+                                                     void *context) nogil
+    ctypedef void *(*pyxlio_alloc_fn)(size_t size) noexcept nogil
+    ctypedef void (*pyxlio_free_fn)(void *ptr) noexcept nogil
+
+    # struct xlio_api_t, one per layout
+    ctypedef struct pyxlio_api_legacy_t:
+        uint64_t magic
+        uint64_t cap_mask
+        pyxlio_recvfrom_zcopy_fn recvfrom_zcopy
+        pyxlio_free_packets_fn recvfrom_zcopy_free_packets
+        pyxlio_add_conf_rule_fn add_conf_rule
+        pyxlio_thread_offload_fn thread_offload
+        pyxlio_get_socket_rings_num_fn get_socket_rings_num
+        pyxlio_get_socket_rings_fds_fn get_socket_rings_fds
+        pyxlio_dump_fd_stats_fn dump_fd_stats
+        pyxlio_ioctl_fn ioctl
+        pyxlio_register_recv_callback_fn register_recv_callback
+    ctypedef struct pyxlio_api_360_t:
+        uint64_t magic
+        uint64_t cap_mask
+        pyxlio_add_conf_rule_fn add_conf_rule
+        pyxlio_thread_offload_fn thread_offload
+        pyxlio_dump_fd_stats_fn dump_fd_stats
+        pyxlio_register_recv_callback_fn register_recv_callback
+    ctypedef struct pyxlio_api_361_t:
+        uint64_t magic
+        uint64_t cap_mask
+        pyxlio_add_conf_rule_fn add_conf_rule
+        pyxlio_thread_offload_fn thread_offload
+        pyxlio_dump_fd_stats_fn dump_fd_stats
+    ctypedef struct pyxlio_api_394_t:
+        uint64_t magic
+        uint64_t cap_mask
+        pyxlio_add_conf_rule_fn add_conf_rule
+        pyxlio_thread_offload_fn thread_offload
+        pyxlio_dump_fd_stats_fn dump_fd_stats
+        pyxlio_ioctl_fn ioctl
+
+    pyxlio_layout_t pyxlio_layout_from_caps(uint64_t cap_mask)
+    size_t pyxlio_build_user_alloc_cmsg(unsigned char *buf, uint8_t flags,
+                                        pyxlio_alloc_fn alloc_fn, pyxlio_free_fn free_fn)
+
+
+# The resolved operations of whichever layout answered: NULL where the cap bit is clear.
+ctypedef struct xlio_ops_t:
+    uint64_t cap_mask
+    int layout
+    pyxlio_recvfrom_zcopy_fn recvfrom_zcopy
+    pyxlio_free_packets_fn free_packets
+    pyxlio_add_conf_rule_fn add_conf_rule
+    pyxlio_thread_offload_fn thread_offload
+    pyxlio_get_socket_rings_num_fn get_socket_rings_num
+    pyxlio_get_socket_rings_fds_fn get_socket_rings_fds
+    pyxlio_dump_fd_stats_fn dump_fd_stats
+    pyxlio_ioctl_fn ioctl
+    pyxlio_register_recv_callback_fn register_recv_callback
+
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    static inline void pyxlio_set_errno(int v) { errno = v; }
+    """
+    void set_errno "pyxlio_set_errno"(int v) nogil
