@@ -1,0 +1,370 @@
+"""The server mode: answer sockperf clients, count what arrives.
+
+As sockperf's server: a message with CLIENT set is counted unless it is a warm-up one; when it
+also has PONG set, the same message goes back to its sender with CLIENT cleared. Messages
+without CLIENT are ignored. Over TCP the stream is cut into messages by the header's length
+field. Sequence numbers give, per peer, the dropped / duplicated / out-of-order counts.
+
+The server stops after ``-t`` seconds, after ``-n`` counted messages, or on SIGINT/SIGTERM, and
+then reports.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, TextIO
+
+from . import methods, net
+from .cli import Config
+from .stats import SequenceTracker
+from .wire import CLIENT, HEADER, HEADER_SIZE, MAX_MESSAGE, PONG, WARMUP
+
+if TYPE_CHECKING:
+    import socket as _socket_mod
+
+__all__ = ["ServerResult", "StopFlag", "run_server"]
+
+MIB = 1024.0 * 1024.0
+
+
+class StopFlag:
+    """Set by signal handlers or another thread; the server loop looks at it every tick."""
+
+    __slots__ = ("is_set",)
+
+    def __init__(self) -> None:
+        self.is_set = False
+
+    def set(self, *_args: Any) -> None:
+        """Ask the loop to stop (usable as a signal handler)."""
+        self.is_set = True
+
+
+@dataclass
+class ServerResult:
+    """What a server run saw."""
+
+    protocol: str
+    recv_method: str
+    busy_poll: bool
+    address: str
+    runtime_s: float = 0.0
+    active_s: float = 0.0
+    received: int = 0
+    bytes: int = 0
+    warmup: int = 0
+    replies: int = 0
+    ignored: int = 0
+    malformed: int = 0
+    peers: int = 0
+    dropped: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    msg_per_s: float = 0.0
+    mb_per_s: float = 0.0
+    provider: str | None = None
+    offloaded: bool | None = None
+    stopped_by: str = ""
+
+
+class _Counters:
+    __slots__ = ("bytes", "ignored", "last_addr", "last_tracker", "malformed", "received",
+                 "replies", "trackers", "warmup")
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.bytes = 0
+        self.warmup = 0
+        self.replies = 0
+        self.ignored = 0
+        self.malformed = 0
+        self.trackers: dict[Any, SequenceTracker] = {}
+        self.last_addr: Any = None
+        self.last_tracker: SequenceTracker | None = None
+
+
+def _make_handler(c: _Counters, reply: Callable[[memoryview, Any], object],
+                  peer_key: Any = None) -> Callable[[memoryview, Any], None]:
+    """The per-message function: count, track sequence numbers, answer pong requests."""
+    unpack = HEADER.unpack_from
+    pack = HEADER.pack_into
+    rbuf = bytearray(MAX_MESSAGE)
+    rview = memoryview(rbuf)
+
+    def on_msg(view: memoryview, addr: Any) -> None:
+        n = len(view)
+        if n < HEADER_SIZE:
+            c.malformed += 1
+            return
+        seq, flags, length = unpack(view, 0)
+        if not flags & CLIENT:
+            c.ignored += 1
+            return
+        if flags & WARMUP:
+            c.warmup += 1
+            return
+        if length > n or length < HEADER_SIZE:
+            c.malformed += 1
+            return
+        c.received += 1
+        c.bytes += n
+        key = addr if peer_key is None else peer_key
+        tracker = c.last_tracker
+        if tracker is None or key != c.last_addr:
+            tracker = c.trackers.get(key)
+            if tracker is None:
+                tracker = c.trackers[key] = SequenceTracker()
+            c.last_addr = key
+            c.last_tracker = tracker
+        tracker.add(seq)
+        if flags & PONG:
+            rbuf[:length] = view[:length]
+            pack(rbuf, 0, seq, flags & ~CLIENT, length)
+            reply(rview[:length], addr)
+            c.replies += 1
+
+    return on_msg
+
+
+def _provider() -> str | None:
+    try:
+        import pyxlio
+
+        api = pyxlio.get_api()
+    except Exception:  # pyxlio not built: plain kernel
+        return None
+    return None if api is None else str(api.provider)
+
+
+def _bind_udp(cfg: Config) -> _socket_mod.socket:
+    import socket
+
+    cls = methods.socket_class(cfg.recv_method)
+    sock = cls(net.family_of(cfg), socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((cfg.ip, cfg.port))
+        if cfg.mc:
+            net.join_multicast(sock, cfg.ip, cfg.mc_rx_if)
+        if cfg.rcvbuf:
+            net.set_rcvbuf(sock, cfg.rcvbuf)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def run_server(cfg: Config, stop: StopFlag | None = None,
+               ready: Callable[[str, int], None] | None = None,
+               progress: TextIO | None = sys.stderr) -> ServerResult:
+    """Serve until ``-t``/``-n``/``stop``; ``ready(host, port)`` is called once listening."""
+    stop = stop or StopFlag()
+    if cfg.tcp:
+        return _run_tcp(cfg, stop, ready, progress)
+    return _run_udp(cfg, stop, ready, progress)
+
+
+def _limits(cfg: Config, t0: int) -> tuple[int, int]:
+    end = t0 + int(cfg.time * 1e9) if cfg.time is not None else 0
+    return end, cfg.count or 0
+
+
+def _finish(res: ServerResult, c: _Counters, t0: int, first: int, last: int) -> ServerResult:
+    now = time.perf_counter_ns()
+    res.runtime_s = (now - t0) / 1e9
+    res.active_s = (last - first) / 1e9 if first else 0.0
+    res.received = c.received
+    res.bytes = c.bytes
+    res.warmup = c.warmup
+    res.replies = c.replies
+    res.ignored = c.ignored
+    res.malformed = c.malformed
+    res.peers = len(c.trackers)
+    for t in c.trackers.values():
+        res.dropped += t.dropped
+        res.duplicated += t.duplicated
+        res.out_of_order += t.out_of_order
+    if res.active_s > 0:
+        res.msg_per_s = c.received / res.active_s
+        res.mb_per_s = c.bytes / res.active_s / MIB
+    return res
+
+
+class _Progress:
+    def __init__(self, cfg: Config, out: TextIO | None, t0: int) -> None:
+        self.out = None if cfg.quiet else out
+        self.next = t0 + 1_000_000_000
+        self.t0 = t0
+        self.last = 0
+
+    def tick(self, now: int, c: _Counters) -> None:
+        if self.out is None or now < self.next:
+            return
+        self.next += 1_000_000_000
+        if c.received != self.last:
+            self.out.write(
+                f"pyxlio-perf: [{(now - self.t0) / 1e9:6.1f} s] received {c.received} msgs "
+                f"({c.received - self.last} msg/s), replies {c.replies}\n"
+            )
+            self.out.flush()
+            self.last = c.received
+
+
+def _run_udp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | None,
+             progress: TextIO | None) -> ServerResult:
+    sock = _bind_udp(cfg)
+    host, port = sock.getsockname()[:2]
+    res = ServerResult(protocol="udp", recv_method=cfg.recv_method, busy_poll=cfg.busy_poll,
+                       address=net.address_text((host, port)), provider=_provider())
+    res.offloaded = getattr(sock, "offloaded", None) if cfg.uses_pyxlio else False
+    c = _Counters()
+    sendto = sock.sendto
+
+    def reply(view: memoryview, addr: Any) -> None:
+        try:
+            sendto(view, addr)
+        except (BlockingIOError, InterruptedError):
+            pass  # the reply is lost, as a full socket buffer would lose it in sockperf
+
+    on_msg = _make_handler(c, reply)
+    if cfg.busy_poll:
+        sock.setblocking(False)
+    else:
+        methods.set_rcvtimeo(sock, methods.TICK)
+
+    def needs_reply(view: memoryview) -> bool:
+        if len(view) < HEADER_SIZE:
+            return False
+        flags: int = HEADER.unpack_from(view, 0)[1]
+        return flags & (CLIENT | PONG | WARMUP) == CLIENT | PONG
+
+    receiver = methods.make_receiver(cfg.recv_method, sock, stream=False, connected=False,
+                                     handler=on_msg, batch_size=cfg.batch_size,
+                                     busy=cfg.busy_poll, defer=needs_reply)
+    recv = receiver.recv
+    clock = time.perf_counter_ns
+    t0 = clock()
+    end, count = _limits(cfg, t0)
+    prog = _Progress(cfg, progress, t0)
+    first = last = 0
+    if ready is not None:
+        ready(host, port)
+    try:
+        while not stop.is_set:
+            got = recv(on_msg)
+            now = clock()
+            if got > 0:
+                if not first:
+                    first = now
+                last = now
+                if count and c.received >= count:
+                    res.stopped_by = "count"
+                    break
+            if end and now >= end:
+                res.stopped_by = "time"
+                break
+            prog.tick(now, c)
+        else:
+            res.stopped_by = "signal"
+    except KeyboardInterrupt:
+        res.stopped_by = "signal"
+    finally:
+        receiver.close()
+        sock.close()
+    return _finish(res, c, t0, first, last)
+
+
+def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | None,
+             progress: TextIO | None) -> ServerResult:
+    import selectors
+    import socket
+
+    cls = methods.socket_class(cfg.recv_method)
+    lsock = cls(net.family_of(cfg), socket.SOCK_STREAM)
+    try:
+        lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsock.bind((cfg.ip, cfg.port))
+        lsock.listen(64)
+        lsock.setblocking(False)
+    except BaseException:
+        lsock.close()
+        raise
+    host, port = lsock.getsockname()[:2]
+    res = ServerResult(protocol="tcp", recv_method=cfg.recv_method, busy_poll=cfg.busy_poll,
+                       address=net.address_text((host, port)), provider=_provider())
+    res.offloaded = getattr(lsock, "offloaded", None) if cfg.uses_pyxlio else False
+    c = _Counters()
+    sel = selectors.DefaultSelector()
+    sel.register(lsock, selectors.EVENT_READ, None)
+    conns: dict[int, tuple[Any, methods.Receiver, Callable[[memoryview, Any], None]]] = {}
+    clock = time.perf_counter_ns
+    t0 = clock()
+    end, count = _limits(cfg, t0)
+    prog = _Progress(cfg, progress, t0)
+    first = last = 0
+    timeout = 0.0 if cfg.busy_poll else methods.TICK
+
+    def accept() -> None:
+        try:
+            conn, peer = lsock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if not isinstance(conn, cls):  # keep pyxlio's class on accepted sockets
+            conn = cls(fileno=conn.detach())
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        methods.set_rcvtimeo(conn, methods.TICK)
+        receiver = methods.make_receiver(cfg.recv_method, conn, stream=True, connected=True,
+                                         batch_size=cfg.batch_size)
+        send_all = conn.sendall
+        handler = _make_handler(c, lambda view, _addr: send_all(view), peer_key=peer)
+        conns[conn.fileno()] = (conn, receiver, handler)
+        sel.register(conn, selectors.EVENT_READ, conn.fileno())
+
+    def close_conn(fd: int) -> None:
+        conn, receiver, _h = conns.pop(fd)
+        sel.unregister(conn)
+        receiver.close()
+        conn.close()
+
+    if ready is not None:
+        ready(host, port)
+    try:
+        while not stop.is_set:
+            for key, _ev in sel.select(timeout):
+                if key.data is None:
+                    accept()
+                    continue
+                _conn, receiver, handler = conns[key.data]
+                try:
+                    got = receiver.recv(handler)
+                except (ConnectionError, ValueError) as exc:
+                    if progress is not None and not cfg.quiet:
+                        progress.write(f"pyxlio-perf: closing a connection: {exc}\n")
+                    got = -1
+                if got < 0:
+                    close_conn(key.data)
+                elif got > 0:
+                    now = clock()
+                    if not first:
+                        first = now
+                    last = now
+            now = clock()
+            if count and c.received >= count:
+                res.stopped_by = "count"
+                break
+            if end and now >= end:
+                res.stopped_by = "time"
+                break
+            prog.tick(now, c)
+        else:
+            res.stopped_by = "signal"
+    except KeyboardInterrupt:
+        res.stopped_by = "signal"
+    finally:
+        for fd in list(conns):
+            close_conn(fd)
+        sel.close()
+        lsock.close()
+    return _finish(res, c, t0, first, last)

@@ -1,0 +1,344 @@
+"""End-to-end runs of the perf tool on loopback, stdlib receive method (no XLIO needed).
+
+Each test starts a server subprocess on a free port, runs a client for a few hundred
+messages (bounded by count and by timeouts), and checks what both sides report. Also checks the
+wire behaviour against hand-written peers that follow sockperf's rules (a stand-in for a C
+sockperf, which is not installed here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from pyxlio.perf import wire
+
+pytestmark = pytest.mark.provider_independent
+
+TIMEOUT = 30
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def perf_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pyxlio.perf", *args]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[str], host: str, port: int) -> None:
+        self.proc = proc
+        self.host = host
+        self.port = port
+
+    def stop(self) -> dict[str, Any]:
+        """SIGINT the server and return its JSON report."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=TIMEOUT)
+        assert self.proc.returncode == 0, err
+        return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@contextmanager
+def perf_server(*args: str, prefix: list[str] | None = None,
+                ip: str = "127.0.0.1") -> Iterator[Server]:
+    cmd = (prefix or []) + perf_cmd("server", "-i", ip, "-p", "0", "--json", "-q", *args)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], TIMEOUT)
+        line = proc.stderr.readline() if ready else ""
+        m = re.search(r"listening on (UDP|TCP) (\S+):(\d+)", line)
+        if m is None:
+            proc.kill()
+            _out, err = proc.communicate()
+            pytest.fail(f"server did not start: {line}{err}")
+        yield Server(proc, m.group(2), int(m.group(3)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def run_client(*args: str, prefix: list[str] | None = None) -> dict[str, Any]:
+    cmd = (prefix or []) + perf_cmd(*args, "--json", "-q")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert done.returncode == 0, done.stderr + done.stdout
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+QUICK = ("--warmup", "0.05", "--cooldown", "0.02")
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+@pytest.mark.parametrize("busy", [False, True], ids=["blocking", "busy"])
+def test_ping_pong(tcp: bool, busy: bool) -> None:
+    extra = (["--tcp"] if tcp else []) + (["--busy-poll"] if busy else [])
+    with perf_server(*extra) as srv:
+        res = run_client("ping-pong", "-p", str(srv.port), "-n", "300", "-m", "64", *QUICK,
+                         *extra)
+        rep = srv.stop()
+    assert res["mode"] == "ping-pong" and res["protocol"] == ("tcp" if tcp else "udp")
+    assert res["valid_sent"] == 300
+    assert res["valid_requests"] == 300
+    assert res["valid_received"] + res["dropped"] + res["out_of_order"] == 300
+    assert res["valid_received"] > 0
+    lat = res["latency"]
+    assert lat["count"] == res["valid_received"]
+    assert 0 < lat["min"] <= lat["percentiles"]["25"] <= lat["percentiles"]["50"] \
+        <= lat["percentiles"]["99"] <= lat["max"]
+    assert lat["min"] <= lat["avg"] <= lat["max"]
+    # The server answered every message the client sent (warm-up ones excepted).
+    assert rep["received"] == res["sent"]
+    assert rep["replies"] == res["sent"]
+    assert rep["warmup"] == 2
+    assert rep["peers"] == 1
+    assert rep["received"] > res["valid_sent"]  # warm-up / cool-down traffic went too
+
+
+def test_under_load_replies_to_a_sample() -> None:
+    with perf_server() as srv:
+        res = run_client("under-load", "-p", str(srv.port), "-n", "400", "--mps", "4000",
+                         "--reply-every", "10", *QUICK)
+        rep = srv.stop()
+    assert res["reply_every"] == 10
+    assert res["valid_sent"] == 400
+    assert res["valid_requests"] == 40  # one in ten measured messages asked for a reply
+    assert res["valid_received"] + res["dropped"] + res["out_of_order"] == 40
+    assert res["latency"]["count"] == res["valid_received"] > 0
+    # Paced at 4000 msg/s: the measured window takes about 0.1 s.
+    assert res["msg_per_s"] > 0
+    assert rep["received"] == res["sent"]
+    assert rep["replies"] == res["sent"] // 10
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_throughput(tcp: bool) -> None:
+    extra = ["--tcp"] if tcp else []
+    with perf_server(*extra) as srv:
+        res = run_client("throughput", "-p", str(srv.port), "-n", "500", "-m", "200",
+                         "--mps", "20000", *QUICK, *extra)
+        rep = srv.stop()
+    assert res["mode"] == "throughput" and res["latency"] is None and res["replies"] == 0
+    assert res["valid_sent"] == 500
+    assert res["msg_per_s"] > 0
+    assert res["mb_per_s"] == pytest.approx(res["msg_per_s"] * 200 / 2**20)
+    assert rep["replies"] == 0
+    # Loss accounting adds up on the server side (UDP may lose; TCP may not).
+    assert rep["received"] + rep["dropped"] == res["sent"]
+    if tcp:
+        assert rep["received"] == res["sent"] and rep["dropped"] == 0
+        assert rep["bytes"] == 200 * res["sent"]
+
+
+def test_text_report_shape() -> None:
+    with perf_server() as srv:
+        done = subprocess.run(
+            perf_cmd("pp", "-p", str(srv.port), "-n", "50", *QUICK, "-q"),
+            capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+        srv.stop()
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for pattern in (r"\[Valid Duration\] RunTime=[\d.]+ sec; SentMessages=50; ReceivedMessages=\d+",
+                    r"====> avg-latency=[\d.]+ \(std-dev=[\d.]+\)",
+                    r"# dropped messages = \d+; # duplicated messages = \d+; "
+                    r"# out-of-order messages = \d+",
+                    r"---> percentile 99\.999 = +[\d.]+",
+                    r"---> percentile 25\.000 = +[\d.]+",
+                    r"---> <MIN> observation = +[\d.]+"):
+        assert re.search(pattern, out), (pattern, out)
+
+
+def test_no_server_means_failure() -> None:
+    # A UDP port with nothing behind it: the kernel refuses (ICMP) and the client says so.
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    done = subprocess.run(perf_cmd("pp", "-p", str(port), "-n", "5", "--warmup", "0",
+                                   "--reply-timeout", "0.2", "-q"),
+                          capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert done.returncode == 1
+    assert "server" in done.stderr
+
+
+def test_server_stops_by_count_and_time() -> None:
+    with perf_server("-n", "10") as srv:
+        res = run_client("pp", "-p", str(srv.port), "-n", "10", "--warmup", "0",
+                         "--cooldown", "0")
+        out, _err = srv.proc.communicate(timeout=TIMEOUT)  # no signal: it stops by itself
+    rep = json.loads(out)
+    assert rep["stopped_by"] == "count" and rep["received"] == 10 and rep["replies"] == 10
+    assert res["valid_sent"] == 10
+    done = subprocess.run(perf_cmd("server", "-p", "0", "-t", "0.3", "--json", "-q"),
+                          capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert done.returncode == 0 and json.loads(done.stdout)["stopped_by"] == "time"
+
+
+# ---- facing sockperf's rules from the other side ------------------------------------------
+
+
+def test_server_answers_as_sockperf_does() -> None:
+    """A hand-made client sends raw sockperf messages and checks the reply bytes."""
+    with perf_server() as srv:
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.settimeout(5)
+        c.connect((srv.host, srv.port))
+        payload = bytes(range(50))
+        # Warm-up (client|pong|warmup = 7): neither counted nor answered.
+        c.send(wire.HEADER.pack(1, 7, 64) + payload)
+        # Client, no pong request (1): counted, not answered.
+        c.send(wire.HEADER.pack(2, 1, 64) + payload)
+        # Not from a client (pong only, 2): ignored.
+        c.send(wire.HEADER.pack(3, 2, 64) + payload)
+        # Client + pong request (3): answered with flags 2, the rest byte for byte.
+        c.send(wire.HEADER.pack(0x0102030405060708, 3, 64) + payload)
+        reply = c.recv(100)
+        assert reply == bytes.fromhex("0102030405060708" "0002" "00000040") + payload
+        c.close()
+        rep = srv.stop()
+    assert (rep["received"], rep["replies"], rep["warmup"], rep["ignored"]) == (2, 1, 1, 1)
+    # Sequence 2 then 0x0102..: a forward jump is counted as drops, as sockperf's gap check.
+    assert rep["dropped"] == 0x0102030405060708 - 3
+
+
+def test_client_against_a_minimal_sockperf_server() -> None:
+    """Our client facing an independent server that follows sockperf's server.h rules."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    seen: list[tuple[int, int, int, int]] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = srv.recvfrom(65536)
+            except (TimeoutError, socket.timeout):
+                continue
+            seq, flags, length = wire.HEADER.unpack_from(data)
+            seen.append((seq, flags, length, len(data)))
+            if flags & 1 and not flags & 4 and flags & 2:
+                srv.sendto(wire.HEADER.pack(seq, flags & ~1, length) + data[14:length], addr)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        res = run_client("under-load", "-p", str(port), "-n", "100", "--mps", "2000",
+                         "--reply-every", "5", "-m", "100", *QUICK)
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+    assert res["valid_requests"] == 20 and res["valid_received"] > 0
+    # Every message: CLIENT set, length field = the datagram size = -m.
+    assert all(f & 1 and ln == 100 and n == 100 for _s, f, ln, n in seen)
+    # The first two are warm-up messages; then sequence numbers count from 1,
+    # with a pong request on every 5th.
+    assert [f & 4 for _s, f, _l, _n in seen[:2]] == [4, 4]
+    body = seen[2:]
+    assert [s for s, *_ in body] == list(range(1, len(body) + 1))
+    assert all(bool(f & 2) == (s % 5 == 0) for s, f, _l, _n in body)
+
+
+# ---- multicast -------------------------------------------------------------------------------
+
+
+def _loopback_multicast_works() -> bool:
+    group, port = "239.255.77.77", 0
+    r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        r.bind((group, port))
+        port = r.getsockname()[1]
+        r.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP,
+                     socket.inet_aton(group) + socket.inet_aton("127.0.0.1"))
+        r.settimeout(0.5)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+        s.sendto(b"x", (group, port))
+        return r.recv(10) == b"x"
+    except OSError:
+        return False
+    finally:
+        r.close()
+        s.close()
+
+
+def _netns_possible() -> bool:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    name = f"pyxperf{os.getpid()}chk"
+    ok = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    if ok:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return ok
+
+
+@contextmanager
+def _multicast_place() -> Iterator[list[str] | None]:
+    """Yield a command prefix where loopback multicast works ([] here, or ip netns exec)."""
+    if _loopback_multicast_works():
+        yield []
+        return
+    if not _netns_possible():
+        yield None
+        return
+    name = f"pyxperf{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        for cmd in (["ip", "link", "set", "lo", "up"],
+                    ["ip", "link", "set", "lo", "multicast", "on"],
+                    ["ip", "route", "add", "224.0.0.0/4", "dev", "lo"]):
+            subprocess.run(["ip", "netns", "exec", name, *cmd], check=True)
+        yield ["ip", "netns", "exec", name]
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_multicast_ping_pong() -> None:
+    group = "239.255.42.99"
+    with _multicast_place() as prefix:
+        if prefix is None:
+            pytest.skip("loopback multicast is off here and network namespaces cannot be made")
+        with perf_server("--mc", "--mc-rx-if", "127.0.0.1", ip=group, prefix=prefix) as srv:
+            res = run_client("pp", "-i", group, "--mc", "--mc-tx-if", "127.0.0.1", "-p",
+                             str(srv.port), "-n", "200", *QUICK, prefix=prefix)
+            rep = srv.stop()
+    assert res["valid_sent"] == 200 and res["valid_received"] > 0
+    assert rep["received"] == res["sent"] and rep["replies"] == res["sent"]
+
+
+def test_histogram_option() -> None:
+    import importlib.util
+
+    with perf_server() as srv:
+        done = subprocess.run(
+            perf_cmd("pp", "-p", str(srv.port), "-n", "100", *QUICK, "-q", "--histogram",
+                     os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pyxperf{os.getpid()}.png")),
+            capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+        srv.stop()
+    if importlib.util.find_spec("matplotlib") is None:
+        assert done.returncode == 2
+        assert "needs matplotlib" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
