@@ -152,15 +152,14 @@ class ZcopyReceiver(Receiver):
             pkt = self.sock.recvfrom_zcopy()  # type: ignore[attr-defined]
         except (BlockingIOError, TimeoutError, InterruptedError):
             return 0
+        if pkt is None:  # end of a TCP stream
+            return -1
         try:
-            if pkt.nbytes == 0 and self.stream:
-                return -1
-            frags = pkt.fragments
-            if len(frags) == 1:
+            if pkt.fragment_count == 1:
                 with memoryview(pkt) as view:
                     return self._deliver(view, pkt.address, handler)
-            joined = memoryview(b"".join(frags))
-            return self._deliver(joined, pkt.address, handler)
+            # Several XLIO buffers: one joined copy (memoryview(pkt) exports one fragment).
+            return self._deliver(memoryview(pkt.tobytes()), pkt.address, handler)
         finally:
             pkt.release()
 
@@ -187,22 +186,25 @@ class BatchReceiver(Receiver):
             batch = self.sock.recv_batch(self.batch_size, timeout=self.timeout)  # type: ignore[attr-defined]
         except (BlockingIOError, TimeoutError, InterruptedError):
             return 0
+        # Each view is released before the batch (a live view would make release() refuse).
         with batch:
             n = len(batch)
             if n == 0:
-                return 0
+                return -1 if self.stream and batch.eof else 0
             if self.stream:
                 done = 0
                 for view in batch.views():
-                    done += self._feed(view, handler)
+                    with view:
+                        done += self._feed(view, handler)
                 return done
             if self.connected:
                 for view in batch.views():
-                    handler(view, None)
+                    with view:
+                        handler(view, None)
             else:
-                addrs = batch.addresses
-                for view, addr in zip(batch.views(), addrs):
-                    handler(view, addr)
+                for view, addr in zip(batch.views(), batch.addresses):
+                    with view:
+                        handler(view, addr)
             return n
 
 
@@ -233,7 +235,7 @@ class CallbackReceiver(Receiver):
             defer = self.defer
             if defer is not None and defer(view):
                 return self._recv
-            addr = None if self.connected else getattr(info, "address", None)
+            addr = None if self.connected else info.src
             self.handler(view, addr)
             self.in_callback += 1
             return self._recv if self.wake else self._drop
