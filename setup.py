@@ -68,6 +68,8 @@ ext_modules = cythonize(
     compiler_directives={
         "language_level": 3,
         "embedsignature": True,
+        # Annotations document; they must not coerce ("yes" would become a C bint True).
+        "annotation_typing": False,
         "binding": False,
         "boundscheck": True,
         "wraparound": False,

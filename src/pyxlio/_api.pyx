@@ -448,9 +448,11 @@ cdef int _fd_of(object sock_or_fd, str what) except -2:
     return fd
 
 
-cdef str _not_started(str call):
-    return (f"{call} answered -1: XLIO has not started yet (it starts with the first "
-            "AF_INET/AF_INET6 socket or epoll of the process)")
+cdef str _not_started(str call, int err):
+    """XLIO answers -1 before its global initialisation, with no errno to tell it by."""
+    return ((os.strerror(err) + ": " if err else "") +
+            f"{call} answered -1; XLIO refuses it while it has not started yet (it starts with "
+            "the first AF_INET/AF_INET6 socket or epoll of the process)")
 
 
 def add_conf_rule(rule: object) -> None:
@@ -460,13 +462,16 @@ def add_conf_rule(rule: object) -> None:
     pyxlio checks it against the grammar first and raises :class:`pyxlio.rules.RuleSyntaxError`
     (a ValueError) naming the bad token, so XLIO's parser, which refuses every later rule after
     one syntax error, is never poisoned.  XLIO puts the rule at the head of its list: the most
-    recently added rule wins.
+    recently added rule wins.  The offload transport is written ``vma`` for libxlio <= 3.51
+    (legacy layout) and ``xlio`` for the newer layouts, whose parsers know that word.
     """
     from pyxlio import rules
 
     parsed = rules.coerce(rule)
     _require(<void *>OPS.add_conf_rule, "add_conf_rule")
-    text = str(parsed)
+    # libxlio <= 3.51 parses the offload keyword `vma` (fact sheet, checked on 3.51.1); the
+    # newer parsers (3.60+ layouts) know `xlio`.  Either way XLIO only sees a keyword it knows.
+    text = parsed.format(offload_keyword="vma" if OPS.layout == PYXLIO_LAYOUT_LEGACY else "xlio")
     data = text.encode("ascii")
     cdef const char *line = data
     cdef int rc
@@ -512,9 +517,7 @@ def thread_offload(enabled: bool, thread: object = None) -> None:
     with nogil:
         rc = OPS.thread_offload(on, tid)
     if rc != 0:
-        if errno:
-            raise_xlio(errno, "thread_offload")
-        raise XlioError(0, _not_started("thread_offload"), "thread_offload")
+        raise XlioError(errno, _not_started("thread_offload", errno), "thread_offload")
     _offload_states[tid] = bool(enabled)
 
 
@@ -564,9 +567,9 @@ def dump_fd_stats(sock_or_fd: object = 0, level: int = LogLevel.INFO) -> None:
     with nogil:
         rc = OPS.dump_fd_stats(fd, lvl)
     if rc != 0:
-        if errno:
-            raise_xlio(errno, "dump_fd_stats", f"fd {fd}")
-        raise XlioError(0, _not_started("dump_fd_stats"), "dump_fd_stats")
+        raise XlioError(errno, _not_started("dump_fd_stats", errno) +
+                        (f"; or fd {fd} is not a socket XLIO knows" if fd else ""),
+                        "dump_fd_stats")
 
 
 def socket_rings(sock: object) -> list[int]:
