@@ -189,6 +189,7 @@ def udp_pair(make_socket: object) -> tuple[object, object, tuple[str, int]]:
     rx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)  # type: ignore[operator]
     rx.bind(("127.0.0.1", 0))
     tx = stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    tx.bind(("127.0.0.1", 0))
     yield rx, tx, rx.getsockname()
     tx.close()
 

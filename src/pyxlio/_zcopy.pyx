@@ -486,6 +486,8 @@ cdef class SocketEngine:
     cdef bint cb_registered
     cdef readonly bint closed
     cdef int owned_fd             # fd this engine closes when it dies (socket finalized early)
+    cdef PacketBatch pending      # TCP chunks received together, served one per recvfrom_zcopy
+    cdef Py_ssize_t pending_next
 
     def __cinit__(self, int fd, int family, int sotype):
         self.fd = fd
@@ -690,11 +692,19 @@ cdef class SocketEngine:
         if max_packets < 1 or max_packets > 65536:
             raise ValueError(f"max_packets must lie in 1 .. 65536, not {max_packets}")
         self.check_open()
+        if timeout is not None and (isinstance(timeout, bool) or
+                                    not isinstance(timeout, (int, float))):
+            raise TypeError(f"timeout must be None or a number, not {type(timeout).__name__}")
         cdef double t = self.timeout if timeout is None else float(timeout)
         if timeout is not None and t < 0:
             raise ValueError("timeout must be None or >= 0")
         cdef store_t *st = self.take_store(max_packets)
         cdef Py_ssize_t n
+        if self.pending is not None:
+            n = self.move_pending(st, max_packets)
+            if n > 0:
+                st.n = n
+                return self.make_batch(st, n)
         try:
             n = self.receive(st, max_packets, t, 0)
         except BaseException:
@@ -705,8 +715,61 @@ cdef class SocketEngine:
             self.raise_callback_errors()
         return b
 
+    cdef Py_ssize_t move_pending(self, store_t *dst, Py_ssize_t maxp) except -1:
+        """Move the TCP chunks still queued by recvfrom_zcopy into `dst`, so that a recv_batch
+        keeps the stream in order.  Their ownership moves with them (never freed twice)."""
+        cdef PacketBatch src = self.pending
+        cdef store_t *st
+        cdef slot_t *s
+        cdef slot_t *d
+        cdef Py_ssize_t n = 0, i
+        cdef uint32_t k
+        if src.released:
+            self.pending = None
+            return 0
+        st = src.st
+        i = self.pending_next
+        while i < src.n and n < maxp:
+            s = &st.slots[i]
+            d = &dst.slots[n]
+            d[0] = s[0]
+            dst.lens[n] = st.lens[i]
+            if s.nfrags > 1:
+                if store_frag_room(dst, s.nfrags) != 0:
+                    raise MemoryError()
+                d.frag_index = <uint32_t>dst.fragused
+                for k in range(s.nfrags):
+                    dst.frags[dst.fragused + k] = st.frags[s.frag_index + k]
+                dst.fragused += s.nfrags
+            if not (s.flags & SLOT_ZC):
+                if store_copy_room(dst, st.lens[i]) != 0:
+                    raise MemoryError()
+                memcpy(dst.copybuf + dst.copyused, st.copybuf + s.data_off, st.lens[i])
+                d.data_off = dst.copyused
+                dst.copyused += st.lens[i]
+            if (s.flags & SLOT_ZC) and not (s.flags & SLOT_FREED):
+                s.flags |= SLOT_FREED            # owned by the new batch from now on
+                src.live -= 1
+                self.outstanding -= 1            # make_batch counts it again
+            n += 1
+            i += 1
+        self.pending_next = i
+        if i >= src.n:
+            self.pending = None
+            if src.live == 0:
+                src.finish(True)
+        return n
+
     def recvfrom_zcopy(self, int flags=0, bint force=False) -> Packet:
         self.check_open()
+        cdef PacketBatch pend = self.pending
+        if pend is not None:
+            if not pend.released and self.pending_next < pend.n:
+                self.pending_next += 1
+                if self.pending_next == pend.n:
+                    self.pending = None
+                return pend.packet(self.pending_next - 1)
+            self.pending = None
         if force:
             if not self.zc:
                 raise XlioNotLoadedError(
@@ -732,11 +795,11 @@ cdef class SocketEngine:
                 raise BlockingIOError(EAGAIN, "Resource temporarily unavailable")
             raise TimeoutError("timed out")
         b = self.make_batch(st, n)
-        if n > 1:    # TCP may hand several chunks: keep them all, give the first
-            b.standalone = False
-        else:
-            b.standalone = True
+        b.standalone = True
         pkt = b.packet(0)
+        if n > 1:    # TCP handed several chunks at once: the next calls serve the rest, in order
+            self.pending = b
+            self.pending_next = 1
         if self.cb_errors:
             self.raise_callback_errors()
         return pkt
@@ -901,6 +964,7 @@ cdef class SocketEngine:
             raise BufferError(f"cannot close the socket: {self.exports} memoryview(s) of its "
                               "packets are still exported (release them first)")
         cdef int count = 0
+        self.pending = None
         while self.head != NULL:
             (<PacketBatch>self.head).release()
             count += 1
