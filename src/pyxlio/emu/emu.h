@@ -1,0 +1,247 @@
+/*
+ * pyxlio's XLIO emulator: internal declarations shared by the emulator's C files.
+ *
+ * The emulator is an LD_PRELOAD library that serves the XLIO Extra API (see the project's
+ * ABI fact sheet and include/pyxlio/xlio_abi.h) from ordinary kernel sockets.  Only the
+ * interposed libc functions and `pyxlio_emu_version` are exported; everything declared here
+ * is hidden (the library is compiled with -fvisibility=hidden).
+ */
+#ifndef PYXLIO_EMU_H
+#define PYXLIO_EMU_H
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#include "pyxlio/xlio_abi.h"
+
+#define EMU_EXPORT __attribute__((visibility("default")))
+#define EMU_HIDDEN __attribute__((visibility("hidden")))
+#define EMU_LIKELY(x) __builtin_expect(!!(x), 1)
+#define EMU_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+#define EMU_MAXFD 65536             /* fds at or above this are never offloaded */
+#define EMU_MAX_DGRAM 65536         /* largest datagram the emulator receives */
+#define EMU_XLIO_RX_FLAGS (PYXLIO_MSG_XLIO_ZCOPY_FORCE | PYXLIO_MSG_XLIO_ZCOPY)
+#define EMU_EXIT_STRICT 86
+
+/* ---- real libc functions (resolved with dlsym(RTLD_NEXT)) ------------------------------ */
+typedef struct emu_real {
+    int (*socket)(int, int, int);
+    int (*close)(int);
+    int (*bind)(int, const struct sockaddr *, socklen_t);
+    int (*connect)(int, const struct sockaddr *, socklen_t);
+    int (*listen)(int, int);
+    int (*accept)(int, struct sockaddr *, socklen_t *);
+    int (*accept4)(int, struct sockaddr *, socklen_t *, int);
+    ssize_t (*recv)(int, void *, size_t, int);
+    ssize_t (*recvfrom)(int, void *, size_t, int, struct sockaddr *, socklen_t *);
+    ssize_t (*recvmsg)(int, struct msghdr *, int);
+    int (*recvmmsg)(int, struct mmsghdr *, unsigned int, int, struct timespec *);
+    ssize_t (*read)(int, void *, size_t);
+    ssize_t (*readv)(int, const struct iovec *, int);
+    ssize_t (*send)(int, const void *, size_t, int);
+    ssize_t (*sendto)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+    ssize_t (*sendmsg)(int, const struct msghdr *, int);
+    int (*sendmmsg)(int, struct mmsghdr *, unsigned int, int);
+    int (*poll)(struct pollfd *, nfds_t, int);
+    int (*ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+    int (*select)(int, fd_set *, fd_set *, fd_set *, struct timeval *);
+    int (*pselect)(int, fd_set *, fd_set *, fd_set *, const struct timespec *, const sigset_t *);
+    int (*epoll_create)(int);
+    int (*epoll_create1)(int);
+    int (*epoll_ctl)(int, int, int, struct epoll_event *);
+    int (*epoll_wait)(int, struct epoll_event *, int, int);
+    int (*epoll_pwait)(int, struct epoll_event *, int, int, const sigset_t *);
+    int (*getsockopt)(int, int, int, void *, socklen_t *);
+    int (*dup2)(int, int);
+    int (*dup3)(int, int, int);
+} emu_real_t;
+
+extern EMU_HIDDEN emu_real_t emu_real;
+EMU_HIDDEN void emu_resolve(void);
+#define REAL(fn) (EMU_LIKELY(emu_real.fn != NULL) ? emu_real.fn : (emu_resolve(), emu_real.fn))
+
+/* ---- configuration (environment) -------------------------------------------------------- */
+typedef struct emu_conf {
+    int strict;             /* PYXLIO_EMU_STRICT */
+    int verbose;            /* PYXLIO_EMU_VERBOSE */
+    int layout361;          /* PYXLIO_EMU_LAYOUT=3.61 */
+    size_t frag;            /* PYXLIO_EMU_FRAG_SIZE */
+    size_t memory_limit;    /* XLIO_MEMORY_LIMIT */
+    int tracelevel;         /* XLIO_TRACELEVEL */
+} emu_conf_t;
+extern EMU_HIDDEN emu_conf_t emu_conf;
+
+/* ---- global state ----------------------------------------------------------------------- */
+extern EMU_HIDDEN atomic_int emu_inited;     /* global init done */
+extern EMU_HIDDEN pid_t emu_pid;             /* pid the state belongs to (fork/vfork guard) */
+EMU_HIDDEN void emu_init(void);              /* idempotent, thread-safe */
+
+/* logging: one line, prefix "pyxlio-emu: ", straight to fd 2 */
+EMU_HIDDEN void emu_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* a contract violation: logged, counted; strict mode makes the exit status 86 */
+EMU_HIDDEN void emu_violation(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+EMU_HIDDEN void emu_vlog(const char *fmt, ...) __attribute__((format(printf, 1, 2))); /* verbose */
+extern EMU_HIDDEN atomic_ulong emu_nviolations;
+
+/* ---- packet pool ------------------------------------------------------------------------ */
+enum { PKT_FREE = 0, PKT_BUSY, PKT_QUEUED, PKT_ZC, PKT_HELD, PKT_ORPHAN };
+
+typedef struct emu_pkt {
+    atomic_uint state;          /* PKT_* */
+    int32_t fd;                 /* owner socket */
+    uint32_t gen;               /* owner socket generation */
+    uint32_t nfrag;             /* buffers chained from this one (index == descriptor index) */
+    uint32_t len;               /* payload bytes */
+    uint32_t qnext;             /* user ready queue link: index + 1, 0 = end */
+    uint32_t addrlen;           /* length of src */
+    uint32_t flags;             /* 1 = truncated */
+    struct sockaddr_in6 src;    /* 28 bytes, holds sockaddr_in too */
+    uint32_t pad;
+    struct timespec ts;         /* software receive timestamp */
+} emu_pkt_t;
+
+typedef struct emu_pool {
+    unsigned char *base;        /* buffer memory (user allocator or mmap) */
+    size_t size;                /* bytes asked for */
+    size_t stride;              /* bytes per buffer (frag rounded up to 64) */
+    uint32_t nbuf;
+    uint32_t maxfrag;           /* buffers needed for the largest datagram */
+    emu_pkt_t *pkts;            /* descriptor per buffer (emulator memory) */
+    uint32_t *next;             /* fragment chain: next buffer index */
+    uint32_t *freelist;         /* stack of free buffer indices */
+    uint32_t nfree;
+    pthread_mutex_t mu;
+    int user_alloc;             /* base came from the registered allocator */
+} emu_pool_t;
+extern EMU_HIDDEN emu_pool_t emu_pool;
+
+static inline unsigned char *emu_buf(uint32_t i) { return emu_pool.base + (size_t)i * emu_pool.stride; }
+static inline uint32_t emu_pkt_index(const emu_pkt_t *p) { return (uint32_t)(p - emu_pool.pkts); }
+static inline size_t emu_frag_len(const emu_pkt_t *p, uint32_t k) {
+    if (k + 1 < p->nfrag) return emu_conf.frag;
+    return p->len - (size_t)k * emu_conf.frag;
+}
+
+EMU_HIDDEN int emu_pool_create(void);
+EMU_HIDDEN uint32_t emu_pool_get(uint32_t *out, uint32_t n);
+EMU_HIDDEN void emu_pool_put(const uint32_t *idx, uint32_t n);
+EMU_HIDDEN void emu_pkt_release(uint32_t pi);             /* descriptor + its buffers -> pool */
+EMU_HIDDEN void emu_pool_fork_child(void);
+/* validate a packet id; returns descriptor index or -1 (never dereferences a bad id) */
+EMU_HIDDEN long emu_pkt_lookup(const void *id);
+
+/* per-thread spare set of buffers that a datagram is received into */
+typedef struct emu_spare {
+    uint32_t cnt, cap;
+    uint32_t *idx;
+    struct iovec *iov;
+} emu_spare_t;
+EMU_HIDDEN emu_spare_t *emu_spare(void);                   /* topped up; NULL if no memory */
+/* take spare[0..used) as one packet (chained); returns descriptor index */
+EMU_HIDDEN uint32_t emu_spare_take(emu_spare_t *sp, uint32_t used, uint32_t len);
+/* take spare[0..used) as `used` one-buffer packets (TCP stream data) */
+EMU_HIDDEN void emu_spare_take_separate(emu_spare_t *sp, uint32_t used, uint32_t len, uint32_t *ids);
+
+/* ---- sockets ---------------------------------------------------------------------------- */
+typedef struct emu_epreg {
+    int epfd;
+    uint32_t epgen;
+    uint32_t events;
+    uint64_t data;
+} emu_epreg_t;
+
+typedef struct emu_sock {
+    pthread_mutex_t mu;
+    atomic_int active;
+    atomic_int special;         /* callback, feed or user queue non-empty */
+    uint32_t gen;
+    int fd;
+    int domain;
+    int is_udp, is_tcp;
+    int offloaded;
+    int listener;
+    uint64_t rule_seq;          /* rules newer than this don't apply */
+    pyxlio_recv_callback_t cb;
+    void *cb_ctx;
+    int feed;
+    uint32_t feed_size;
+    uint64_t feed_seq;
+    uint32_t qhead, qtail, qlen; /* index + 1 */
+    uint64_t qbytes;
+    struct sockaddr_in6 local;
+    socklen_t local_len;
+    emu_epreg_t *ep;
+    int nep, capep;
+    /* counters: relaxed atomics or under mu */
+    atomic_ulong rx_packets, rx_bytes, rx_zcopy, rx_copied, tx_packets, dummy_sends, dropped,
+        enomem;
+    uint64_t outstanding, held;  /* under mu */
+} emu_sock_t;
+
+EMU_HIDDEN emu_sock_t *emu_sock_get(int fd);        /* active tracked socket or NULL */
+EMU_HIDDEN void emu_sock_update_special(emu_sock_t *s); /* under s->mu */
+EMU_HIDDEN int emu_special_snapshot(int *fds, int max);
+extern EMU_HIDDEN atomic_int emu_nspecial;
+EMU_HIDDEN void emu_sock_fork_child(void);
+EMU_HIDDEN void emu_sock_exit_report(void);
+EMU_HIDDEN int emu_sock_blocking(emu_sock_t *s, int flags);
+
+/* receive machinery */
+EMU_HIDDEN int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi);
+EMU_HIDDEN int emu_pull_into_queue(emu_sock_t *s, int max); /* >0 queue ready, 0 not, -1 err */
+EMU_HIDDEN int emu_next_special(emu_sock_t *s, int kflags, uint32_t *pi);
+EMU_HIDDEN void emu_queue_push_front(emu_sock_t *s, uint32_t pi);
+EMU_HIDDEN int emu_sock_ready(emu_sock_t *s);      /* user-space readable (feed or queue) */
+
+/* ---- epoll bookkeeping (emu_poll.c) ----------------------------------------------------- */
+EMU_HIDDEN void emu_epoll_track(int epfd);
+EMU_HIDDEN void emu_epoll_untrack(int fd);
+EMU_HIDDEN uint32_t emu_epoll_gen(int epfd);
+
+/* ---- thread offload (emu_core.c) -------------------------------------------------------- */
+EMU_HIDDEN int emu_thread_offload_get(pthread_t tid);
+EMU_HIDDEN int emu_thread_offload_set(int offload, pthread_t tid);
+
+/* ---- rules (emu_rules.c) ---------------------------------------------------------------- */
+enum { EMU_ROLE_TCP_SERVER, EMU_ROLE_TCP_CLIENT, EMU_ROLE_UDP_SENDER, EMU_ROLE_UDP_RECEIVER,
+       EMU_ROLE_UDP_CONNECT };
+EMU_HIDDEN int emu_rule_add(const char *line);       /* 0 ok, 1 syntax error (poisoned) */
+EMU_HIDDEN void emu_rules_load_file(const char *path);
+EMU_HIDDEN uint64_t emu_rules_seq(void);
+/* 1 if a rule says `use os` (first match wins among rules with seq <= upto) */
+EMU_HIDDEN int emu_rules_use_os(int role, const struct sockaddr *first, const struct sockaddr *second,
+                                uint64_t upto);
+
+/* ---- feed (emu_feed.c) ------------------------------------------------------------------ */
+EMU_HIDDEN int emu_feed_parse(const char *spec);
+EMU_HIDDEN uint32_t emu_feed_size_for_port(unsigned port); /* 0 = no feed on that port */
+EMU_HIDDEN int emu_feed_make_pkt(emu_sock_t *s, uint32_t *pi);
+EMU_HIDDEN ssize_t emu_feed_copy(emu_sock_t *s, const struct iovec *iov, int iovcnt,
+                                 struct sockaddr *from, socklen_t *fromlen, int *msg_flags,
+                                 int peek, int trunc_flag);
+EMU_HIDDEN socklen_t emu_feed_src(emu_sock_t *s, struct sockaddr_in6 *out);
+
+/* ---- API (emu_api.c) -------------------------------------------------------------------- */
+EMU_HIDDEN void *emu_api_pointer(void);
+extern EMU_HIDDEN atomic_int emu_user_alloc_set;
+extern EMU_HIDDEN pyxlio_alloc_fn emu_user_alloc;
+extern EMU_HIDDEN pyxlio_free_fn emu_user_free;
+
+/* misc helpers */
+EMU_HIDDEN size_t emu_copy_to_iov(const struct iovec *iov, int iovcnt, const emu_pkt_t *p, size_t skip_none);
+EMU_HIDDEN void emu_fmt_addr(const struct sockaddr *sa, socklen_t len, char *out, size_t outlen);
+EMU_HIDDEN size_t emu_parse_size(const char *s, size_t dflt);
+
+#endif /* PYXLIO_EMU_H */

@@ -1,0 +1,814 @@
+/*
+ * pyxlio emulator: per-fd socket state and the interposed socket calls.
+ *
+ * Fast path: a tracked socket without callback, feed or user queue goes straight to libc for
+ * copy receives (only counted).  Sockets with a callback or a feed ("special") receive through
+ * a user-space ready queue so that poll/select/epoll and receive calls agree.
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "emu.h"
+
+static _Atomic(emu_sock_t *) g_socks[EMU_MAXFD];
+static atomic_int g_maxfd;                 /* highest fd ever tracked + 1 */
+static pthread_mutex_t g_alloc_mu = PTHREAD_MUTEX_INITIALIZER;
+atomic_int emu_nspecial;
+static pthread_mutex_t g_special_mu = PTHREAD_MUTEX_INITIALIZER;
+static int *g_special_fds;
+static int g_nspecial_fds, g_capspecial;
+static atomic_int g_enomem_warned;
+
+#define ST_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define CNT_ADD(x, v) atomic_fetch_add_explicit(&(x), (v), memory_order_relaxed)
+
+emu_sock_t *emu_sock_get(int fd) {
+    if (EMU_UNLIKELY((unsigned)fd >= EMU_MAXFD)) return NULL;
+    emu_sock_t *s = atomic_load_explicit(&g_socks[fd], memory_order_acquire);
+    if (!s || !atomic_load_explicit(&s->active, memory_order_acquire)) return NULL;
+    return s;
+}
+
+static emu_sock_t *sock_slot(int fd) {
+    emu_sock_t *s = atomic_load_explicit(&g_socks[fd], memory_order_acquire);
+    if (s) return s;
+    pthread_mutex_lock(&g_alloc_mu);
+    s = atomic_load_explicit(&g_socks[fd], memory_order_relaxed);
+    if (!s) {
+        s = calloc(1, sizeof *s);
+        if (s) {
+            pthread_mutex_init(&s->mu, NULL);
+            s->fd = fd;
+            atomic_store_explicit(&g_socks[fd], s, memory_order_release);
+            if (fd + 1 > atomic_load(&g_maxfd)) atomic_store(&g_maxfd, fd + 1);
+        }
+    }
+    pthread_mutex_unlock(&g_alloc_mu);
+    return s;
+}
+
+/* ---- special set ------------------------------------------------------------------------ */
+void emu_sock_update_special(emu_sock_t *s) {
+    int want = atomic_load(&s->active) && (s->cb || s->feed || s->qlen > 0);
+    int have = atomic_load_explicit(&s->special, memory_order_relaxed);
+    if (want == have) return;
+    pthread_mutex_lock(&g_special_mu);
+    if (want) {
+        if (g_nspecial_fds == g_capspecial) {
+            int nc = g_capspecial ? g_capspecial * 2 : 64;
+            int *n = realloc(g_special_fds, (size_t)nc * sizeof *n);
+            if (n) { g_special_fds = n; g_capspecial = nc; }
+        }
+        if (g_nspecial_fds < g_capspecial) g_special_fds[g_nspecial_fds++] = s->fd;
+    } else {
+        for (int i = 0; i < g_nspecial_fds; i++)
+            if (g_special_fds[i] == s->fd) { g_special_fds[i] = g_special_fds[--g_nspecial_fds]; break; }
+    }
+    atomic_store(&s->special, want);
+    atomic_store(&emu_nspecial, g_nspecial_fds);
+    pthread_mutex_unlock(&g_special_mu);
+}
+
+int emu_special_snapshot(int *fds, int max) {
+    pthread_mutex_lock(&g_special_mu);
+    int n = g_nspecial_fds < max ? g_nspecial_fds : max;
+    memcpy(fds, g_special_fds, (size_t)n * sizeof *fds);
+    pthread_mutex_unlock(&g_special_mu);
+    return n;
+}
+
+/* ---- registration ----------------------------------------------------------------------- */
+static void sock_local_refresh(emu_sock_t *s) {
+    socklen_t l = sizeof s->local;
+    if (getsockname(s->fd, (struct sockaddr *)&s->local, &l) == 0) s->local_len = l;
+}
+
+/* Reclaim every packet of s still held by the application; returns how many.  Under s->mu. */
+static uint64_t sock_reclaim(emu_sock_t *s) {
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < emu_pool.nbuf; i++) {
+        emu_pkt_t *p = &emu_pool.pkts[i];
+        unsigned st = atomic_load_explicit(&p->state, memory_order_relaxed);
+        if ((st == PKT_ZC || st == PKT_HELD) && p->fd == s->fd && p->gen == s->gen) {
+            emu_pkt_release(i);
+            n++;
+        }
+    }
+    return n;
+}
+
+static void sock_unregister(emu_sock_t *s, const char *why) {
+    pthread_mutex_lock(&s->mu);
+    if (!atomic_load(&s->active)) { pthread_mutex_unlock(&s->mu); return; }
+    if (s->outstanding + s->held > 0) {
+        uint64_t out = s->outstanding, held = s->held;
+        uint64_t n = sock_reclaim(s);
+        emu_violation("%s(fd=%d): %llu packet(s) never freed (outstanding=%llu held=%llu): "
+                      "reclaimed as leaked", why, s->fd, (unsigned long long)n,
+                      (unsigned long long)out, (unsigned long long)held);
+    }
+    while (s->qhead) {
+        uint32_t pi = s->qhead - 1;
+        s->qhead = emu_pool.pkts[pi].qnext;
+        emu_pkt_release(pi);
+    }
+    s->qtail = 0; s->qlen = 0; s->qbytes = 0;
+    s->outstanding = s->held = 0;
+    s->cb = NULL; s->cb_ctx = NULL;
+    s->feed = 0;
+    s->nep = 0;
+    atomic_store(&s->active, 0);
+    s->gen++;
+    emu_sock_update_special(s);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static emu_sock_t *sock_register(int fd, int domain, int is_udp, int is_tcp, int offloaded) {
+    if ((unsigned)fd >= EMU_MAXFD) return NULL;
+    emu_sock_t *s = sock_slot(fd);
+    if (!s) return NULL;
+    if (atomic_load(&s->active)) sock_unregister(s, "fd reused"); /* closed behind our back */
+    pthread_mutex_lock(&s->mu);
+    s->gen++;
+    s->domain = domain;
+    s->is_udp = is_udp;
+    s->is_tcp = is_tcp;
+    s->offloaded = offloaded && emu_pool.nbuf > 0;
+    s->listener = 0;
+    s->rule_seq = emu_rules_seq();
+    s->cb = NULL; s->cb_ctx = NULL;
+    s->feed = 0; s->feed_size = 0; s->feed_seq = 0;
+    s->qhead = s->qtail = s->qlen = 0; s->qbytes = 0;
+    s->local_len = 0;
+    memset(&s->local, 0, sizeof s->local);
+    s->nep = 0;
+    atomic_store(&s->rx_packets, 0); atomic_store(&s->rx_bytes, 0);
+    atomic_store(&s->rx_zcopy, 0); atomic_store(&s->rx_copied, 0);
+    atomic_store(&s->tx_packets, 0); atomic_store(&s->dummy_sends, 0);
+    atomic_store(&s->dropped, 0); atomic_store(&s->enomem, 0);
+    s->outstanding = s->held = 0;
+    atomic_store(&s->active, 1);
+    pthread_mutex_unlock(&s->mu);
+    emu_vlog("socket fd=%d %s offloaded=%s", fd, is_udp ? "udp" : is_tcp ? "tcp" : "other",
+             s->offloaded ? "yes" : "no");
+    return s;
+}
+
+void emu_sock_fork_child(void) {
+    pthread_mutex_init(&g_special_mu, NULL);
+    pthread_mutex_init(&g_alloc_mu, NULL);
+    int max = atomic_load(&g_maxfd);
+    for (int fd = 0; fd < max; fd++) {
+        emu_sock_t *s = atomic_load(&g_socks[fd]);
+        if (!s) continue;
+        pthread_mutex_init(&s->mu, NULL);
+        s->outstanding = 0;
+        s->held = 0;
+    }
+}
+
+void emu_sock_exit_report(void) {
+    int max = atomic_load(&g_maxfd);
+    for (int fd = 0; fd < max; fd++) {
+        emu_sock_t *s = atomic_load(&g_socks[fd]);
+        if (!s || !atomic_load(&s->active)) continue;
+        uint64_t out = ST_LOAD(s->outstanding), held = ST_LOAD(s->held);
+        if (out + held)
+            emu_violation("exit: fd=%d: %llu packet(s) never freed (outstanding=%llu held=%llu)",
+                          fd, (unsigned long long)(out + held), (unsigned long long)out,
+                          (unsigned long long)held);
+    }
+}
+
+/* ---- user ready queue (under s->mu) ----------------------------------------------------- */
+static void queue_push(emu_sock_t *s, uint32_t pi) {
+    emu_pkt_t *p = &emu_pool.pkts[pi];
+    p->qnext = 0;
+    atomic_store_explicit(&p->state, PKT_QUEUED, memory_order_relaxed);
+    if (s->qtail) emu_pool.pkts[s->qtail - 1].qnext = pi + 1;
+    else s->qhead = pi + 1;
+    s->qtail = pi + 1;
+    s->qlen++;
+    s->qbytes += p->len;
+    emu_sock_update_special(s);
+}
+
+void emu_queue_push_front(emu_sock_t *s, uint32_t pi) {
+    pthread_mutex_lock(&s->mu);
+    emu_pkt_t *p = &emu_pool.pkts[pi];
+    if (!atomic_load(&s->active) || p->gen != s->gen) {
+        pthread_mutex_unlock(&s->mu);
+        emu_pkt_release(pi);
+        return;
+    }
+    atomic_store_explicit(&p->state, PKT_QUEUED, memory_order_relaxed);
+    p->qnext = s->qhead;
+    s->qhead = pi + 1;
+    if (!s->qtail) s->qtail = pi + 1;
+    s->qlen++;
+    s->qbytes += p->len;
+    emu_sock_update_special(s);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int queue_pop(emu_sock_t *s, uint32_t *pi) {
+    if (!s->qhead) return 0;
+    uint32_t i = s->qhead - 1;
+    emu_pkt_t *p = &emu_pool.pkts[i];
+    s->qhead = p->qnext;
+    if (!s->qhead) s->qtail = 0;
+    s->qlen--;
+    s->qbytes -= p->len;
+    atomic_store_explicit(&p->state, PKT_BUSY, memory_order_relaxed);
+    *pi = i;
+    emu_sock_update_special(s);
+    return 1;
+}
+
+int emu_sock_ready(emu_sock_t *s) {
+    return s->feed || ST_LOAD(s->qlen) > 0;
+}
+
+/* ---- pulling datagrams from the kernel -------------------------------------------------- */
+static void pool_exhausted(emu_sock_t *s) {
+    CNT_ADD(s->enomem, 1);
+    if (!atomic_exchange(&g_enomem_warned, 1))
+        emu_log("packet pool exhausted (%u buffers of %zu bytes, XLIO_MEMORY_LIMIT=%zu): "
+                "zero-copy receive returns ENOMEM until packets are freed",
+                emu_pool.nbuf, emu_conf.frag, emu_pool.size);
+    errno = ENOMEM;
+}
+
+int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi) {
+    emu_spare_t *sp = emu_spare();
+    if (EMU_UNLIKELY(!sp || sp->cnt == 0)) { pool_exhausted(s); return -1; }
+    kflags &= ~(EMU_XLIO_RX_FLAGS | MSG_PEEK | MSG_TRUNC);
+    struct sockaddr_in6 src;
+    struct msghdr m;
+    memset(&m, 0, sizeof m);
+    m.msg_name = &src;
+    m.msg_namelen = sizeof src;
+    m.msg_iov = sp->iov;
+    m.msg_iovlen = sp->cnt;
+    if (EMU_UNLIKELY(sp->cnt < sp->cap)) {
+        /* not enough spare buffers for the largest datagram: learn this one's size first */
+        struct msghdr pm;
+        memset(&pm, 0, sizeof pm);
+        ssize_t need = REAL(recvmsg)(s->fd, &pm, kflags | MSG_PEEK | MSG_TRUNC);
+        if (need < 0) return -1;
+        size_t nf = need ? ((size_t)need + emu_conf.frag - 1) / emu_conf.frag : 1;
+        if (nf > sp->cnt) { pool_exhausted(s); return -1; }
+    }
+    ssize_t n = REAL(recvmsg)(s->fd, &m, kflags);
+    if (n < 0) return -1;
+    uint32_t used = n ? (uint32_t)(((size_t)n + emu_conf.frag - 1) / emu_conf.frag) : 1;
+    uint32_t i = emu_spare_take(sp, used, (uint32_t)n);
+    emu_pkt_t *p = &emu_pool.pkts[i];
+    p->addrlen = m.msg_namelen;
+    memcpy(&p->src, &src, m.msg_namelen < sizeof src ? m.msg_namelen : sizeof src);
+    if (m.msg_flags & MSG_TRUNC) p->flags |= 1;
+    p->fd = s->fd;
+    CNT_ADD(s->rx_packets, 1);
+    CNT_ADD(s->rx_bytes, (unsigned long)n);
+    *pi = i;
+    return 1;
+}
+
+/* Run the receive callback on a fresh packet (no lock held).  Returns the verdict. */
+static int run_cb(emu_sock_t *s, uint32_t pi, pyxlio_recv_callback_t cb, void *ctx) {
+    emu_pkt_t *p = &emu_pool.pkts[pi];
+    uint32_t nf = p->nfrag ? p->nfrag : 1;
+    struct iovec stackv[64];
+    struct iovec *iov = nf <= 64 ? stackv : malloc(nf * sizeof *iov);
+    if (!iov) return PYXLIO_PACKET_RECV;
+    uint32_t b = pi;
+    for (uint32_t k = 0; k < nf; k++) {
+        iov[k].iov_base = emu_buf(b);
+        iov[k].iov_len = emu_frag_len(p, k);
+        b = emu_pool.next[b];
+    }
+    if (!s->local_len) sock_local_refresh(s);
+    clock_gettime(CLOCK_REALTIME, &p->ts);
+    pyxlio_recv_info_t info;
+    memset(&info, 0, sizeof info);
+    info.struct_sz = sizeof info;
+    info.packet_id = p;
+    info.src = (const struct sockaddr *)&p->src;
+    info.dst = (const struct sockaddr *)&s->local;
+    info.payload_sz = p->len;
+    info.socket_ready_queue_pkt_count = ST_LOAD(s->qlen);
+    info.socket_ready_queue_byte_count = (uint32_t)ST_LOAD(s->qbytes);
+    info.sw_timestamp = p->ts;
+    int v = (int)cb(s->fd, nf, iov, &info, ctx);
+    if (iov != stackv) free(iov);
+    return v;
+}
+
+/* Apply a callback verdict; returns 1 if the packet is to be delivered (RECV), 0 otherwise. */
+static int apply_verdict(emu_sock_t *s, uint32_t gen, uint32_t pi, int v, int enqueue) {
+    emu_pkt_t *p = &emu_pool.pkts[pi];
+    pthread_mutex_lock(&s->mu);
+    if (!atomic_load(&s->active) || s->gen != gen) {
+        pthread_mutex_unlock(&s->mu);
+        emu_pkt_release(pi);
+        return 0;
+    }
+    if (v == PYXLIO_PACKET_DROP) {
+        pthread_mutex_unlock(&s->mu);
+        CNT_ADD(s->dropped, 1);
+        emu_pkt_release(pi);
+        return 0;
+    }
+    if (v == PYXLIO_PACKET_HOLD) {
+        p->fd = s->fd;
+        p->gen = gen;
+        atomic_store_explicit(&p->state, PKT_HELD, memory_order_release);
+        s->held++;
+        pthread_mutex_unlock(&s->mu);
+        return 0;
+    }
+    if (enqueue) queue_push(s, pi);
+    pthread_mutex_unlock(&s->mu);
+    return 1;
+}
+
+int emu_sock_blocking(emu_sock_t *s, int flags) {
+    if (flags & MSG_DONTWAIT) return 0;
+    int fl = fcntl(s->fd, F_GETFL);
+    return fl >= 0 && !(fl & O_NONBLOCK);
+}
+
+/* Wait for the kernel socket to become readable, honouring SO_RCVTIMEO (deadline in ns, 0 =
+ * none).  Returns 0 to retry, -1 with errno EAGAIN (timeout) or EINTR. */
+static int wait_readable(emu_sock_t *s, int64_t *deadline, int *have_deadline) {
+    struct timespec now;
+    if (!*have_deadline) {
+        struct timeval tv = {0, 0};
+        socklen_t l = sizeof tv;
+        *have_deadline = 1;
+        *deadline = 0;
+        if (REAL(getsockopt)(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0 && (tv.tv_sec || tv.tv_usec)) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            *deadline = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec +
+                        (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
+        }
+    }
+    int ms = -1;
+    if (*deadline) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t left = *deadline - ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec);
+        if (left <= 0) { errno = EAGAIN; return -1; }
+        ms = (int)((left + 999999) / 1000000);
+    }
+    struct pollfd pfd = {.fd = s->fd, .events = POLLIN};
+    int r = REAL(poll)(&pfd, 1, ms);
+    if (r < 0) return -1;
+    return 0;
+}
+
+/* Next packet for a special socket (queue, feed or kernel through the callback).  The packet
+ * comes back BUSY, owned by the caller.  Blocks as the socket says.  0 or -1/errno. */
+int emu_next_special(emu_sock_t *s, int kflags, uint32_t *pi) {
+    int64_t deadline = 0;
+    int have_deadline = 0, blocking = -1;
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        uint32_t gen = s->gen;
+        if (!atomic_load(&s->active)) { pthread_mutex_unlock(&s->mu); errno = EBADF; return -1; }
+        if (queue_pop(s, pi)) { pthread_mutex_unlock(&s->mu); return 0; }
+        pyxlio_recv_callback_t cb = s->cb;
+        void *ctx = s->cb_ctx;
+        int feed = s->feed;
+        pthread_mutex_unlock(&s->mu);
+        uint32_t i;
+        if (feed) {
+            if (emu_feed_make_pkt(s, &i) < 0) return -1;
+        } else {
+            if (emu_pull_kernel(s, kflags | MSG_DONTWAIT, &i) < 0) {
+                if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
+                if (blocking < 0) blocking = emu_sock_blocking(s, kflags);
+                if (!blocking) { errno = EAGAIN; return -1; }
+                if (wait_readable(s, &deadline, &have_deadline) < 0) return -1;
+                continue;
+            }
+        }
+        emu_pool.pkts[i].gen = gen;
+        if (!cb) { *pi = i; return 0; }
+        int v = run_cb(s, i, cb, ctx);
+        if (apply_verdict(s, gen, i, v, 0)) { *pi = i; return 0; }
+    }
+}
+
+int emu_pull_into_queue(emu_sock_t *s, int max) {
+    if (s->feed) return 1;
+    pthread_mutex_lock(&s->mu);
+    int have = s->qlen > 0;
+    pyxlio_recv_callback_t cb = s->cb;
+    void *ctx = s->cb_ctx;
+    uint32_t gen = s->gen;
+    pthread_mutex_unlock(&s->mu);
+    if (have) return 1;
+    if (!cb) return 0;
+    for (int k = 0; k < max; k++) {
+        uint32_t i;
+        if (emu_pull_kernel(s, MSG_DONTWAIT, &i) < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+            return 1; /* an error a receive call would report at once */
+        }
+        emu_pool.pkts[i].gen = gen;
+        int v = run_cb(s, i, cb, ctx);
+        if (apply_verdict(s, gen, i, v, 1)) return 1;
+    }
+    return 0;
+}
+
+size_t emu_copy_to_iov(const struct iovec *iov, int iovcnt, const emu_pkt_t *p, size_t unused) {
+    (void)unused;
+    uint32_t b = emu_pkt_index(p), k = 0, nf = p->nfrag ? p->nfrag : 1;
+    size_t foff = 0, flen = emu_frag_len(p, 0), total = 0;
+    for (int v = 0; v < iovcnt && k < nf; v++) {
+        size_t voff = 0;
+        while (voff < iov[v].iov_len && k < nf) {
+            size_t n = iov[v].iov_len - voff;
+            if (n > flen - foff) n = flen - foff;
+            if (n) memcpy((char *)iov[v].iov_base + voff, emu_buf(b) + foff, n);
+            voff += n; foff += n; total += n;
+            if (foff == flen) {
+                k++;
+                if (k >= nf) break;
+                b = emu_pool.next[b];
+                foff = 0;
+                flen = emu_frag_len(p, k);
+            }
+        }
+    }
+    return total;
+}
+
+/* Copy receive on a special socket.  msg_flags may be NULL. */
+static ssize_t special_recv(emu_sock_t *s, const struct iovec *iov, int iovcnt, int flags,
+                            struct sockaddr *from, socklen_t *fromlen, int *msg_flags) {
+    int kflags = flags & ~EMU_XLIO_RX_FLAGS;
+    if (s->feed && !s->cb && ST_LOAD(s->qlen) == 0) {
+        ssize_t r = emu_feed_copy(s, iov, iovcnt, from, fromlen, msg_flags, kflags & MSG_PEEK,
+                                  kflags & MSG_TRUNC);
+        if (r >= 0 && !(kflags & MSG_PEEK)) CNT_ADD(s->rx_copied, 1);
+        return r;
+    }
+    uint32_t pi;
+    if (emu_next_special(s, kflags, &pi) < 0) return -1;
+    emu_pkt_t *p = &emu_pool.pkts[pi];
+    size_t n = emu_copy_to_iov(iov, iovcnt, p, 0);
+    if (from && fromlen) {
+        socklen_t l = *fromlen < p->addrlen ? *fromlen : p->addrlen;
+        memcpy(from, &p->src, l);
+        *fromlen = p->addrlen;
+    } else if (fromlen) {
+        *fromlen = 0;
+    }
+    if (msg_flags) *msg_flags = (n < p->len || (p->flags & 1)) ? MSG_TRUNC : 0;
+    ssize_t rc = (kflags & MSG_TRUNC) ? (ssize_t)p->len : (ssize_t)n;
+    if (kflags & MSG_PEEK) {
+        emu_queue_push_front(s, pi);
+    } else {
+        CNT_ADD(s->rx_copied, 1);
+        emu_pkt_release(pi);
+    }
+    return rc;
+}
+
+static inline void count_rx(emu_sock_t *s, ssize_t rc) {
+    if (rc > 0 || (rc == 0 && s->is_udp)) {
+        CNT_ADD(s->rx_packets, 1);
+        CNT_ADD(s->rx_bytes, (unsigned long)rc);
+        CNT_ADD(s->rx_copied, 1);
+    }
+}
+
+/* ---- interposed: creation and teardown -------------------------------------------------- */
+EMU_EXPORT int socket(int domain, int type, int protocol) {
+    int fd = REAL(socket)(domain, type, protocol);
+    if (fd < 0) return fd;
+    int base = type & 0xf;
+    if ((domain == AF_INET || domain == AF_INET6) && (base == SOCK_STREAM || base == SOCK_DGRAM)) {
+        int saved = errno;
+        emu_init();
+        int is_udp = base == SOCK_DGRAM && (protocol == 0 || protocol == IPPROTO_UDP);
+        int is_tcp = base == SOCK_STREAM && (protocol == 0 || protocol == IPPROTO_TCP);
+        int off = (is_udp || is_tcp) && emu_thread_offload_get(pthread_self());
+        sock_register(fd, domain, is_udp, is_tcp, off);
+        errno = saved;
+    }
+    return fd;
+}
+
+static void forget_fd(int fd, const char *why) {
+    emu_sock_t *s = emu_sock_get(fd);
+    if (s && emu_pid == getpid()) sock_unregister(s, why);
+    emu_epoll_untrack(fd);
+}
+
+EMU_EXPORT int close(int fd) {
+    if ((unsigned)fd < EMU_MAXFD && atomic_load_explicit(&g_socks[fd], memory_order_relaxed)) {
+        int saved = errno;
+        forget_fd(fd, "close");
+        errno = saved;
+    } else {
+        emu_epoll_untrack(fd);
+    }
+    return REAL(close)(fd);
+}
+
+EMU_EXPORT int dup2(int oldfd, int newfd) {
+    if (oldfd != newfd && emu_sock_get(newfd)) {
+        int saved = errno;
+        forget_fd(newfd, "dup2");
+        errno = saved;
+    }
+    return REAL(dup2)(oldfd, newfd);
+}
+
+EMU_EXPORT int dup3(int oldfd, int newfd, int flags) {
+    if (oldfd != newfd && emu_sock_get(newfd)) {
+        int saved = errno;
+        forget_fd(newfd, "dup3");
+        errno = saved;
+    }
+    return REAL(dup3)(oldfd, newfd, flags);
+}
+
+EMU_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len) {
+    int rc = REAL(bind)(fd, addr, len);
+    emu_sock_t *s;
+    if (rc != 0 || !(s = emu_sock_get(fd))) return rc;
+    int saved = errno;
+    pthread_mutex_lock(&s->mu);
+    sock_local_refresh(s);
+    if (s->is_udp && s->offloaded) {
+        if (emu_rules_use_os(EMU_ROLE_UDP_RECEIVER, (struct sockaddr *)&s->local, NULL, s->rule_seq)) {
+            s->offloaded = 0;
+            emu_vlog("bind fd=%d: rule says use os", fd);
+        }
+    }
+    if (s->is_udp && s->offloaded) {
+        unsigned port = ntohs(s->local.sin6_port); /* same offset in sockaddr_in */
+        uint32_t sz = emu_feed_size_for_port(port);
+        if (sz) {
+            s->feed = 1;
+            s->feed_size = sz;
+            s->feed_seq = 0;
+            emu_sock_update_special(s);
+            emu_vlog("bind fd=%d: feed of %u-byte datagrams on port %u", fd, sz, port);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    errno = saved;
+    return rc;
+}
+
+EMU_EXPORT int listen(int fd, int backlog) {
+    int rc = REAL(listen)(fd, backlog);
+    emu_sock_t *s;
+    if (rc != 0 || !(s = emu_sock_get(fd))) return rc;
+    int saved = errno;
+    pthread_mutex_lock(&s->mu);
+    sock_local_refresh(s);
+    s->listener = 1;
+    if (s->is_tcp && s->offloaded &&
+        emu_rules_use_os(EMU_ROLE_TCP_SERVER, (struct sockaddr *)&s->local, NULL, s->rule_seq))
+        s->offloaded = 0;
+    pthread_mutex_unlock(&s->mu);
+    errno = saved;
+    return rc;
+}
+
+EMU_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
+    int rc = REAL(connect)(fd, addr, len);
+    emu_sock_t *s;
+    if ((rc != 0 && errno != EINPROGRESS) || !(s = emu_sock_get(fd))) return rc;
+    int saved = errno;
+    pthread_mutex_lock(&s->mu);
+    sock_local_refresh(s);
+    if (s->offloaded && addr && len >= sizeof(sa_family_t) && addr->sa_family != AF_UNSPEC) {
+        const struct sockaddr *l = (struct sockaddr *)&s->local;
+        int os = 0;
+        if (s->is_udp)
+            os = emu_rules_use_os(EMU_ROLE_UDP_CONNECT, l, addr, s->rule_seq) ||
+                 emu_rules_use_os(EMU_ROLE_UDP_SENDER, addr, NULL, s->rule_seq);
+        else if (s->is_tcp)
+            os = emu_rules_use_os(EMU_ROLE_TCP_CLIENT, l, addr, s->rule_seq);
+        if (os) {
+            s->offloaded = 0;
+            s->feed = 0;
+            emu_sock_update_special(s);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    errno = saved;
+    return rc;
+}
+
+static int after_accept(int lfd, int fd) {
+    emu_sock_t *l;
+    if (fd < 0 || !(l = emu_sock_get(lfd))) return fd;
+    int saved = errno;
+    emu_sock_t *s = sock_register(fd, l->domain, 0, l->is_tcp, l->offloaded);
+    if (s) {
+        pthread_mutex_lock(&s->mu);
+        sock_local_refresh(s);
+        pthread_mutex_unlock(&s->mu);
+    }
+    errno = saved;
+    return fd;
+}
+
+EMU_EXPORT int accept(int fd, struct sockaddr *addr, socklen_t *len) {
+    return after_accept(fd, REAL(accept)(fd, addr, len));
+}
+
+EMU_EXPORT int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags) {
+    return after_accept(fd, REAL(accept4)(fd, addr, len, flags));
+}
+
+/* ---- interposed: receive ---------------------------------------------------------------- */
+EMU_EXPORT ssize_t recv(int fd, void *buf, size_t len, int flags) {
+    emu_sock_t *s = emu_sock_get(fd);
+    if (!s) return REAL(recv)(fd, buf, len, flags);
+    if (EMU_LIKELY(!atomic_load_explicit(&s->special, memory_order_relaxed))) {
+        ssize_t rc = REAL(recv)(fd, buf, len, flags & ~EMU_XLIO_RX_FLAGS);
+        count_rx(s, rc);
+        return rc;
+    }
+    struct iovec v = {buf, len};
+    return special_recv(s, &v, 1, flags, NULL, NULL, NULL);
+}
+
+EMU_EXPORT ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from,
+                            socklen_t *fromlen) {
+    emu_sock_t *s = emu_sock_get(fd);
+    if (!s) return REAL(recvfrom)(fd, buf, len, flags, from, fromlen);
+    if (EMU_LIKELY(!atomic_load_explicit(&s->special, memory_order_relaxed))) {
+        ssize_t rc = REAL(recvfrom)(fd, buf, len, flags & ~EMU_XLIO_RX_FLAGS, from, fromlen);
+        count_rx(s, rc);
+        return rc;
+    }
+    struct iovec v = {buf, len};
+    return special_recv(s, &v, 1, flags, from, from ? fromlen : NULL, NULL);
+}
+
+EMU_EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags) {
+    emu_sock_t *s = emu_sock_get(fd);
+    if (!s) return REAL(recvmsg)(fd, msg, flags);
+    if (EMU_LIKELY(!atomic_load_explicit(&s->special, memory_order_relaxed))) {
+        ssize_t rc = REAL(recvmsg)(fd, msg, flags & ~EMU_XLIO_RX_FLAGS);
+        count_rx(s, rc);
+        return rc;
+    }
+    if (!msg) { errno = EFAULT; return -1; }
+    socklen_t nl = msg->msg_namelen;
+    int mf = 0;
+    ssize_t rc = special_recv(s, msg->msg_iov, (int)msg->msg_iovlen, flags,
+                              msg->msg_name, msg->msg_name ? &nl : NULL, &mf);
+    if (rc >= 0) {
+        msg->msg_namelen = msg->msg_name ? nl : 0;
+        msg->msg_controllen = 0;
+        msg->msg_flags = mf;
+    }
+    return rc;
+}
+
+EMU_EXPORT int recvmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags,
+                        struct timespec *timeout) {
+    emu_sock_t *s = emu_sock_get(fd);
+    if (!s) return REAL(recvmmsg)(fd, vec, vlen, flags, timeout);
+    if (EMU_LIKELY(!atomic_load_explicit(&s->special, memory_order_relaxed))) {
+        int rc = REAL(recvmmsg)(fd, vec, vlen, flags & ~EMU_XLIO_RX_FLAGS, timeout);
+        for (int i = 0; i < rc; i++) count_rx(s, (ssize_t)vec[i].msg_len);
+        return rc;
+    }
+    /* special socket: the first message may block, the rest don't (MSG_WAITFORONE) */
+    if (!vec) { errno = EFAULT; return -1; }
+    unsigned int i;
+    for (i = 0; i < vlen; i++) {
+        int f = (flags & ~MSG_WAITFORONE) | (i ? MSG_DONTWAIT : 0);
+        ssize_t rc = recvmsg(fd, &vec[i].msg_hdr, f);
+        if (rc < 0) {
+            if (i) break;
+            return -1;
+        }
+        vec[i].msg_len = (unsigned int)rc;
+    }
+    return (int)i;
+}
+
+EMU_EXPORT ssize_t read(int fd, void *buf, size_t len) {
+    emu_sock_t *s = emu_sock_get(fd);
+    if (!s) return REAL(read)(fd, buf, len);
+    if (EMU_LIKELY(!atomic_load_explicit(&s->special, memory_order_relaxed))) {
+        ssize_t rc = REAL(read)(fd, buf, len);
+        count_rx(s, rc);
+        return rc;
+    }
+    struct iovec v = {buf, len};
+    return special_recv(s, &v, 1, 0, NULL, NULL, NULL);
+}
+
+EMU_EXPORT ssize_t readv(int fd, const struct iovec *iov, int iovcnt) {
+    emu_sock_t *s = emu_sock_get(fd);
+    if (!s) return REAL(readv)(fd, iov, iovcnt);
+    if (EMU_LIKELY(!atomic_load_explicit(&s->special, memory_order_relaxed))) {
+        ssize_t rc = REAL(readv)(fd, iov, iovcnt);
+        count_rx(s, rc);
+        return rc;
+    }
+    return special_recv(s, iov, iovcnt, 0, NULL, NULL, NULL);
+}
+
+/* fortified variants (-D_FORTIFY_SOURCE) */
+EMU_EXPORT ssize_t __recv_chk(int fd, void *buf, size_t len, size_t buflen, int flags) {
+    if (len > buflen) abort();
+    return recv(fd, buf, len, flags);
+}
+EMU_EXPORT ssize_t __recvfrom_chk(int fd, void *buf, size_t len, size_t buflen, int flags,
+                                  struct sockaddr *from, socklen_t *fromlen) {
+    if (len > buflen) abort();
+    return recvfrom(fd, buf, len, flags, from, fromlen);
+}
+EMU_EXPORT ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen) {
+    if (len > buflen) abort();
+    return read(fd, buf, len);
+}
+
+/* ---- interposed: send (dummy-send flag) ------------------------------------------------- */
+static ssize_t dummy_send(int fd, size_t len) {
+    emu_sock_t *s = emu_sock_get(fd);
+    if (!s || !s->offloaded) { errno = EINVAL; return -1; }
+    CNT_ADD(s->dummy_sends, 1);
+    return (ssize_t)len;
+}
+
+static inline void count_tx(int fd, ssize_t rc) {
+    if (rc >= 0) {
+        emu_sock_t *s = emu_sock_get(fd);
+        if (s) CNT_ADD(s->tx_packets, 1);
+    }
+}
+
+EMU_EXPORT ssize_t send(int fd, const void *buf, size_t len, int flags) {
+    if (EMU_UNLIKELY(flags & PYXLIO_SND_FLAGS_DUMMY)) return dummy_send(fd, len);
+    ssize_t rc = REAL(send)(fd, buf, len, flags);
+    count_tx(fd, rc);
+    return rc;
+}
+
+EMU_EXPORT ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to,
+                          socklen_t tolen) {
+    if (EMU_UNLIKELY(flags & PYXLIO_SND_FLAGS_DUMMY)) return dummy_send(fd, len);
+    ssize_t rc = REAL(sendto)(fd, buf, len, flags, to, tolen);
+    count_tx(fd, rc);
+    return rc;
+}
+
+static size_t iov_total(const struct msghdr *m) {
+    size_t t = 0;
+    if (!m || !m->msg_iov) return 0;
+    for (size_t i = 0; i < m->msg_iovlen; i++) t += m->msg_iov[i].iov_len;
+    return t;
+}
+
+EMU_EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
+    if (EMU_UNLIKELY(flags & PYXLIO_SND_FLAGS_DUMMY)) return dummy_send(fd, iov_total(msg));
+    ssize_t rc = REAL(sendmsg)(fd, msg, flags);
+    count_tx(fd, rc);
+    return rc;
+}
+
+EMU_EXPORT int sendmmsg(int fd, struct mmsghdr *vec, unsigned int vlen, int flags) {
+    if (EMU_UNLIKELY(flags & PYXLIO_SND_FLAGS_DUMMY)) {
+        emu_sock_t *s = emu_sock_get(fd);
+        if (!s || !s->offloaded) { errno = EINVAL; return -1; }
+        if (!vec && vlen) { errno = EFAULT; return -1; }
+        for (unsigned int i = 0; i < vlen; i++) vec[i].msg_len = (unsigned int)iov_total(&vec[i].msg_hdr);
+        CNT_ADD(s->dummy_sends, vlen);
+        return (int)vlen;
+    }
+    int rc = REAL(sendmmsg)(fd, vec, vlen, flags);
+    emu_sock_t *s = rc > 0 ? emu_sock_get(fd) : NULL;
+    if (s) CNT_ADD(s->tx_packets, (unsigned long)rc);
+    return rc;
+}
+
+/* ---- interposed: getsockopt (API discovery) --------------------------------------------- */
+EMU_EXPORT int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen) {
+    if (fd == -2 && level == SOL_SOCKET && optname == PYXLIO_SO_XLIO_GET_API) {
+        if (!optval || !optlen || *optlen < sizeof(void *)) { errno = EINVAL; return -1; }
+        void *p = emu_api_pointer();
+        memcpy(optval, &p, sizeof p);
+        *optlen = sizeof p;
+        return 0;
+    }
+    return REAL(getsockopt)(fd, level, optname, optval, optlen);
+}

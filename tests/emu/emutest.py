@@ -1,0 +1,131 @@
+"""Helpers for the emulator tests: find/build the library and the C check program, run cases.
+
+Imported by tests/test_emu_*.py (they put this directory on sys.path).  Imports only the
+``pyxlio.emu`` subpackage (loaded from the source tree if ``import pyxlio`` is unavailable).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import ModuleType
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+SRC = os.path.join(ROOT, "src")
+EMU_SRC = os.path.join(SRC, "pyxlio", "emu")
+INCLUDE = os.path.join(SRC, "pyxlio", "include")
+CHECK_C = os.path.join(HERE, "emu_check.c")
+STRICT_EXIT = 86
+EMU_CFLAGS = ["-shared", "-fPIC", "-fvisibility=hidden", "-D_GNU_SOURCE", "-Wall", "-Wextra",
+              "-Wno-unused-parameter", "-I", INCLUDE, "-I", EMU_SRC]
+
+
+def gcc() -> str | None:
+    """Path of gcc, or None."""
+    return shutil.which("gcc")
+
+
+def load_emu() -> ModuleType:
+    """Import ``pyxlio.emu``; fall back to loading it from the source tree."""
+    try:
+        import pyxlio.emu as emu
+
+        return emu
+    except ImportError:
+        pass
+    spec = importlib.util.spec_from_file_location(
+        "pyxlio.emu", os.path.join(EMU_SRC, "__init__.py"), submodule_search_locations=[EMU_SRC]
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("pyxlio.emu", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def emu_sources() -> list[str]:
+    """The emulator's C sources."""
+    return sorted(os.path.join(EMU_SRC, f) for f in os.listdir(EMU_SRC) if f.endswith(".c"))
+
+
+def build_emu(out: str, extra: list[str] | None = None) -> str:
+    """Compile the emulator into ``out`` (like setup.py does) and return it."""
+    cc = gcc()
+    assert cc is not None
+    cmd = [cc, *EMU_CFLAGS, "-O2", *(extra or []), *emu_sources(), "-o", out, "-ldl", "-lpthread"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+def build_check(out: str, extra: list[str] | None = None) -> str:
+    """Compile tests/emu/emu_check.c into ``out``."""
+    cc = gcc()
+    assert cc is not None
+    cmd = [cc, "-O1", "-g", "-Wall", "-Wextra", "-D_GNU_SOURCE", "-I", INCLUDE, *(extra or []),
+           CHECK_C, "-o", out, "-lpthread"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+def library(tmpdir: str) -> str:
+    """The built emulator (``pyxlio.emu.library_path()``), or a copy built into tmpdir."""
+    emu = load_emu()
+    try:
+        return str(emu.library_path())
+    except FileNotFoundError:
+        return build_emu(os.path.join(tmpdir, "libxlio_emu.so"))
+
+
+@dataclass
+class Result:
+    """Outcome of one emu_check case."""
+
+    rc: int
+    out: str
+    err: str
+
+    def stats(self) -> list[dict[str, str]]:
+        """The dump_fd_stats lines of stderr, as dicts."""
+        return parse_stats(self.err)
+
+    def warnings(self) -> list[str]:
+        """The emulator's one-line diagnostics (without the prefix), stats lines excluded."""
+        return [ln[len("pyxlio-emu: "):] for ln in self.err.splitlines()
+                if ln.startswith("pyxlio-emu: ") and not ln.startswith("pyxlio-emu: fd=")]
+
+
+_STAT_RE = re.compile(r"^pyxlio-emu: (fd=\d+ .*)$")
+
+
+def parse_stats(text: str) -> list[dict[str, str]]:
+    """Parse ``pyxlio-emu: fd=.. key=value ...`` lines."""
+    rows = []
+    for line in text.splitlines():
+        m = _STAT_RE.match(line)
+        if m:
+            rows.append(dict(kv.split("=", 1) for kv in m.group(1).split()))
+    return rows
+
+
+def run_case(check: str, lib: str | None, case: str, strict: bool = True,
+             env: Mapping[str, str] | None = None, timeout: float = 30,
+             preload_prefix: str | None = None, wrapper: list[str] | None = None) -> Result:
+    """Run ``emu_check CASE`` under the emulator (lib None: without it)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("PYXLIO_EMU_", "XLIO_"))}
+    e.pop("LD_PRELOAD", None)
+    if lib is not None:
+        e["LD_PRELOAD"] = f"{preload_prefix} {lib}" if preload_prefix else lib
+    if strict:
+        e["PYXLIO_EMU_STRICT"] = "1"
+    if env:
+        e.update(env)
+    p = subprocess.run([*(wrapper or []), check, case], env=e, capture_output=True, text=True,
+                       timeout=timeout)
+    return Result(p.returncode, p.stdout, p.stderr)
