@@ -62,6 +62,7 @@ cdef struct slot_t:
     uint32_t nfrags
     uint32_t frag_index        # first fragment in store.frags when nfrags > 1
     uint32_t flags
+    uint32_t exports           # live buffer exports of this datagram (any Python object)
     socklen_t addrlen
     char addr[ADDR_BYTES]
 
@@ -197,6 +198,7 @@ cdef inline void slot_clear(slot_t *s) noexcept nogil:
     s.nfrags = 1
     s.frag_index = 0
     s.flags = 0
+    s.exports = 0
     s.addrlen = 0
 
 
@@ -625,6 +627,12 @@ cdef class SocketEngine:
         """Raise the first exception a receive callback raised since the last check."""
         self.raise_callback_errors()
 
+    def take_callback_errors(self) -> list:
+        """The callback exceptions not raised yet (and forget them)."""
+        errors = list(self.cb_errors)
+        self.cb_errors.clear()
+        return errors
+
     cdef Py_ssize_t receive(self, store_t *st, Py_ssize_t maxp, double timeout,
                             int extra_flags) except -2:
         """Fill `st`; returns the count, 0 when nothing came in time (or EOF)."""
@@ -698,6 +706,8 @@ cdef class SocketEngine:
         cdef double t = self.timeout if timeout is None else float(timeout)
         if timeout is not None and t < 0:
             raise ValueError("timeout must be None or >= 0")
+        if self.cb_errors:
+            self.raise_callback_errors()
         cdef store_t *st = self.take_store(max_packets)
         cdef Py_ssize_t n
         if self.pending is not None:
@@ -710,10 +720,12 @@ cdef class SocketEngine:
         except BaseException:
             self.give_store(st)
             raise
-        b = self.make_batch(st, n)
-        if self.cb_errors:
+        if n == 0 and self.cb_errors:
+            self.give_store(st)
             self.raise_callback_errors()
-        return b
+        # With datagrams in hand, a callback's exception waits for the next receive call:
+        # raising now would lose them.
+        return self.make_batch(st, n)
 
     cdef Py_ssize_t move_pending(self, store_t *dst, Py_ssize_t maxp) except -1:
         """Move the TCP chunks still queued by recvfrom_zcopy into `dst`, so that a recv_batch
@@ -762,6 +774,8 @@ cdef class SocketEngine:
 
     def recvfrom_zcopy(self, int flags=0, bint force=False) -> Packet:
         self.check_open()
+        if self.cb_errors:
+            self.raise_callback_errors()
         cdef PacketBatch pend = self.pending
         if pend is not None:
             if not pend.released and self.pending_next < pend.n:
@@ -800,8 +814,6 @@ cdef class SocketEngine:
         if n > 1:    # TCP handed several chunks at once: the next calls serve the rest, in order
             self.pending = b
             self.pending_next = 1
-        if self.cb_errors:
-            self.raise_callback_errors()
         return pkt
 
     # -- callbacks ----------------------------------------------------------------------------
@@ -939,7 +951,7 @@ cdef class SocketEngine:
             v = PYXLIO_PACKET_RECV
         try:
             if b is not None:
-                if v == PYXLIO_PACKET_HOLD or b.exports > 0:
+                if v == PYXLIO_PACKET_HOLD or b.st.slots[0].exports > 0:
                     if v != PYXLIO_PACKET_HOLD:
                         self.cb_errors.append(BufferError(
                             "the receive callback kept a view of the datagram after returning; "
@@ -1087,15 +1099,15 @@ cdef class PacketBatch:
         cdef bint call = self.gen == fork_generation() and not e.closed
         cdef slot_t *s = &self.st.slots[i]
         if not (s.flags & SLOT_ZC) or (s.flags & SLOT_FREED):
-            if self.standalone:
+            if self.standalone and self.exports == 0:
                 self.finish(False)
             return 0
         with nogil:
             rc = free_slots(e.ops, e.fd, self.st, i, i + 1, call, &err)
         self.live -= 1
         e.outstanding -= 1
-        if self.live == 0:
-            self.finish(False)
+        if self.live == 0 and self.exports == 0:
+            self.finish(False)   # else the batch's release (or collection) returns the storage
         if rc < 0:
             raise_xlio(err, "recvfrom_zcopy_free_packets", f"fd {e.fd}")
         return 0
@@ -1216,10 +1228,13 @@ cdef class PacketBatch:
             raise ValueError("the packet is released")
         PyBuffer_FillInfo(buffer, self, slot_data(self.st, s), self.st.lens[self.export_index],
                           1, flags)
+        buffer.internal = <void *>(self.export_index + 1)
+        s.exports += 1
         self.exports += 1
         self.engine.exports += 1
 
     def __releasebuffer__(self, Py_buffer *buffer):
+        self.st.slots[<Py_ssize_t>buffer.internal - 1].exports -= 1
         self.exports -= 1
         self.engine.exports -= 1
 
@@ -1282,7 +1297,6 @@ cdef class Packet:
 
     cdef PacketBatch batch
     cdef Py_ssize_t index
-    cdef Py_ssize_t exports
     cdef Py_ssize_t export_frag    # which fragment __getbuffer__ exports (-1: the datagram)
     cdef bint released
 
@@ -1379,12 +1393,12 @@ cdef class Packet:
                               "(zero-copy) or bytes(pkt)")
         else:
             PyBuffer_FillInfo(buffer, self, slot_data(st, s), st.lens[self.index], 1, flags)
-        self.exports += 1
+        s.exports += 1
         self.batch.exports += 1
         self.batch.engine.exports += 1
 
     def __releasebuffer__(self, Py_buffer *buffer):
-        self.exports -= 1
+        self.batch.st.slots[self.index].exports -= 1
         self.batch.exports -= 1
         self.batch.engine.exports -= 1
 
@@ -1393,8 +1407,9 @@ cdef class Packet:
         if self.released or self.batch.released:
             self.released = True
             return
-        if self.exports > 0:
-            raise BufferError(f"cannot release the packet: {self.exports} memoryview(s) of it "
+        cdef uint32_t views = self.batch.st.slots[self.index].exports
+        if views > 0:
+            raise BufferError(f"cannot release the packet: {views} memoryview(s) of it "
                               "are still exported")
         self.released = True
         self.batch.free_one(self.index)

@@ -144,26 +144,24 @@ class socket(_stdsocket.socket):
         """Packets a receive callback held (Verdict.HOLD), oldest first: release each."""
         return self._engine.held  # type: ignore[no-any-return]
 
-    # The stdlib receive calls, plus the check for a receive callback's exception.
+    # The stdlib receive calls, plus the check for a receive callback's exception.  It is
+    # raised before the call: after it, data is in hand and raising would lose it (it is then
+    # raised by the next receive call).
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
         self._engine.check_callback_errors()
-        return data
+        return super().recv(bufsize, flags)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
-        result = super().recvfrom(bufsize, flags)
         self._engine.check_callback_errors()
-        return result
+        return super().recvfrom(bufsize, flags)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        n = super().recv_into(buffer, nbytes, flags)
         self._engine.check_callback_errors()
-        return n
+        return super().recv_into(buffer, nbytes, flags)
 
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
-        result = super().recvfrom_into(buffer, nbytes, flags)
         self._engine.check_callback_errors()
-        return result
+        return super().recvfrom_into(buffer, nbytes, flags)
 
     # -- dummy send -------------------------------------------------------------------------
     def _check_dummy(self, flags: int) -> None:
@@ -291,6 +289,7 @@ class socket(_stdsocket.socket):
         engine = getattr(self, "_engine", None)
         if engine is not None and self.fileno() >= 0:
             engine.close()
+            _warn_unraised(engine)
         super().close()
 
     def detach(self) -> int:
@@ -311,6 +310,15 @@ class socket(_stdsocket.socket):
             except Exception:
                 pass
         super().__del__()  # type: ignore[misc]
+
+
+def _warn_unraised(engine: SocketEngine) -> None:
+    """Callback exceptions that no receive call raised are reported, never dropped."""
+    for exc in engine.take_callback_errors():
+        import warnings
+
+        warnings.warn(f"pyxlio: the receive callback raised {exc!r}, and no receive call on "
+                      "the socket raised it before close()", RuntimeWarning, stacklevel=3)
 
 
 class DummySender:

@@ -1,0 +1,293 @@
+"""Receive callbacks (Python and the C-level filter) and dummy sends."""
+
+from __future__ import annotations
+
+import gc
+import re
+import select
+import socket as stdsocket
+import time
+
+import pytest
+
+import pyxlio
+from pyxlio import Verdict
+
+
+def drain(rx: object, timeout: float = 0.3, errors: list[BaseException] | None = None
+          ) -> list[bytes]:
+    """Every datagram until `timeout` passes with none; callback exceptions raised by the
+    receive calls go to `errors` (or propagate when it is None), without losing data."""
+    got: list[bytes] = []
+    while True:
+        try:
+            batch = rx.recv_batch(64, timeout=timeout)
+        except Exception as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+            continue
+        with batch:
+            if not batch:
+                return got
+            got.extend(bytes(v) for v in batch.views())
+
+
+@pytest.mark.kernel_only
+def test_callbacks_need_xlio(provider: str, udp_pair) -> None:
+    rx, _, _ = udp_pair
+    with pytest.raises(pyxlio.XlioNotLoadedError):
+        rx.set_recv_callback(lambda v, i: Verdict.RECV)
+    with pytest.raises(pyxlio.XlioNotLoadedError):
+        rx.set_recv_filter(0, b"A")
+
+
+def test_callback_argument_checks(provider: str, udp_pair) -> None:
+    rx, _, _ = udp_pair
+    with pytest.raises(TypeError):
+        rx.set_recv_callback(42)
+    with pytest.raises(ValueError):
+        rx.set_recv_filter(0, b"")
+    with pytest.raises(ValueError):
+        rx.set_recv_filter(0, b"x" * 65)
+    with pytest.raises(ValueError):
+        rx.set_recv_filter(-1, b"x")
+    with pytest.raises(TypeError):
+        rx.set_recv_filter("0", b"x")
+
+
+@pytest.mark.xlio
+def test_verdicts_drop_recv_hold(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    seen: list[tuple[bytes, object, int]] = []
+
+    def fn(view: memoryview, info: pyxlio.RecvInfo) -> Verdict:
+        data = bytes(view)
+        seen.append((data, info.src, info.payload_size))
+        return {b"d": Verdict.DROP, b"r": Verdict.RECV, b"h": Verdict.HOLD}[data[:1]]
+
+    rx.set_recv_callback(fn)
+    assert rx.offloaded is True
+    for payload in (b"d1", b"r1", b"h1", b"r2", b"d2", b"h2"):
+        tx.sendto(payload, addr)
+    assert drain(rx) == [b"r1", b"r2"]
+    assert [s[0] for s in seen] == [b"d1", b"r1", b"h1", b"r2", b"d2", b"h2"]
+    assert all(s[1] == tx.getsockname() and s[2] == 2 for s in seen)
+    held = list(rx.held)
+    assert [bytes(p) for p in held] == [b"h1", b"h2"]
+    assert all(p.zcopy for p in held) and rx.outstanding == 2
+    for p in held:
+        p.release()
+    rx.held.clear()
+    assert rx.outstanding == 0
+    rx.set_recv_callback(None)
+    tx.sendto(b"d-after", addr)
+    assert drain(rx) == [b"d-after"]
+    assert len(seen) == 6
+
+
+@pytest.mark.xlio
+def test_callback_info(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    infos: list[pyxlio.RecvInfo] = []
+    rx.set_recv_callback(lambda v, info: infos.append(info) or Verdict.DROP)
+    before = time.time_ns()
+    tx.sendto(b"x" * 100, addr)
+    assert drain(rx) == []
+    (info,) = infos
+    assert info.fd == rx.fileno() and info.payload_size == 100 and info.fragments == 1
+    assert info.src == tx.getsockname()
+    if provider == "emu":
+        assert info.dst == addr
+        assert before - 5_000_000_000 < info.sw_timestamp_ns < time.time_ns() + 5_000_000_000
+    assert "RecvInfo" in repr(info)
+
+
+@pytest.mark.xlio
+def test_exception_in_callback_is_raised_from_a_receive_call(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+
+    def fn(view: memoryview, info: object) -> Verdict:
+        if bytes(view) == b"boom":
+            raise ZeroDivisionError("from the callback")
+        return Verdict.RECV
+
+    rx.set_recv_callback(fn)
+    tx.sendto(b"boom", addr)
+    tx.sendto(b"fine", addr)
+    errors: list[BaseException] = []
+    got = drain(rx, 0.2, errors)
+    # Raised once, and nothing lost: both datagrams were delivered (RECV).
+    assert [str(e) for e in errors] == ["from the callback"]
+    assert got == [b"boom", b"fine"] and rx.outstanding == 0
+
+
+@pytest.mark.xlio
+def test_stdlib_recv_also_reports_callback_exceptions(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    rx.set_recv_callback(lambda v, i: 1 / 0)
+    tx.sendto(b"x", addr)
+    rx.settimeout(2)
+    assert rx.recv(10) == b"x"          # the data in hand is returned...
+    with pytest.raises(ZeroDivisionError):
+        rx.recv(10)                     # ...and the next receive call raises
+
+
+@pytest.mark.xlio
+def test_callback_exception_never_raised_is_reported_at_close(provider: str,
+                                                              make_socket) -> None:
+    rx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.set_recv_callback(lambda v, i: 1 / 0)
+    with stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as tx:
+        tx.sendto(b"x", rx.getsockname())
+    rx.settimeout(2)
+    assert rx.recv(10) == b"x"
+    with pytest.warns(RuntimeWarning, match="ZeroDivisionError"):
+        rx.close()
+
+
+@pytest.mark.xlio
+@pytest.mark.parametrize("verdict", [7, "RECV", None, True])
+def test_bad_verdict_is_an_error_and_delivers(provider: str, udp_pair, verdict: object) -> None:
+    rx, tx, addr = udp_pair
+    rx.set_recv_callback(lambda v, i: verdict)
+    tx.sendto(b"v", addr)
+    errors: list[BaseException] = []
+    assert drain(rx, 0.2, errors) == [b"v"]                  # delivered (RECV)...
+    assert [type(e) for e in errors] == [TypeError]          # ...and the error raised once
+    assert "Verdict" in str(errors[0])
+
+
+@pytest.mark.xlio
+def test_a_view_kept_past_the_callback_is_held_not_freed(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    kept: list[memoryview] = []
+
+    def fn(view: memoryview, info: object) -> Verdict:
+        kept.append(view[0:])          # a second view of the same buffer, kept
+        return Verdict.DROP
+
+    rx.set_recv_callback(fn)
+    tx.sendto(b"keepme", addr)
+    with pytest.raises(BufferError, match="held"):
+        drain(rx)                       # nothing was delivered: raised at once
+    assert bytes(kept[0]) == b"keepme"     # still valid memory
+    (pkt,) = rx.held
+    with pytest.raises(BufferError):
+        pkt.release()
+    kept.clear()
+    gc.collect()
+    pkt.release()
+    rx.held.clear()
+    assert rx.outstanding == 0
+
+
+@pytest.mark.xlio
+def test_c_filter_keeps_only_matching_datagrams(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    rx.set_recv_filter(2, b"AB")
+    for payload in (b"xxAB1", b"xxCD2", b"xxAB3", b"A", b"xxA"):
+        tx.sendto(payload, addr)
+    assert drain(rx) == [b"xxAB1", b"xxAB3"]
+    assert rx.filtered == 3
+    rx.set_recv_filter(2, b"AB", keep=False)
+    for payload in (b"xxAB1", b"xxCD2"):
+        tx.sendto(payload, addr)
+    assert drain(rx) == [b"xxCD2"]
+    rx.clear_recv_filter()
+    tx.sendto(b"xxCD3", addr)
+    assert drain(rx) == [b"xxCD3"]
+
+
+@pytest.mark.xlio
+def test_c_filter_across_fragments_then_python(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    rx.set_receive_buffer(1 << 20)
+    calls: list[int] = []
+    rx.set_recv_filter(1470, b"MARK")                 # straddles the 1472-byte fragments
+    rx.set_recv_callback(lambda v, i: calls.append(len(v)) or Verdict.RECV)
+    good = b"." * 1470 + b"MARK" + b"." * 100
+    bad = b"." * 1470 + b"MARX" + b"." * 100
+    tx.sendto(bad, addr)
+    tx.sendto(good, addr)
+    assert drain(rx) == [good]
+    assert calls == [len(good)]                       # the Python callback saw only survivors
+
+
+@pytest.mark.xlio
+def test_readiness_never_contradicts_the_receive_call(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    rx.set_recv_callback(lambda v, i: Verdict.DROP)
+    tx.sendto(b"dropped", addr)
+    readable, _, _ = select.select([rx], [], [], 0.2)
+    if readable:                                      # if poll says so, recv must not block
+        with rx.recv_batch(4, timeout=0) as batch:
+            assert len(batch) > 0
+    else:
+        assert drain(rx, 0.05) == []
+
+
+# -- dummy sends ---------------------------------------------------------------------------
+
+@pytest.mark.kernel_only
+def test_dummy_send_needs_xlio_and_never_really_sends(provider: str, udp_pair,
+                                                      make_socket) -> None:
+    rx, _, addr = udp_pair
+    tx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    tx.connect(addr)
+    with pytest.raises(pyxlio.XlioNotLoadedError):
+        tx.send_dummy(b"warm")
+    with pytest.raises(pyxlio.XlioNotLoadedError):
+        tx.send(b"warm", pyxlio.MSG_DUMMY)
+    with pytest.raises(pyxlio.XlioNotLoadedError):
+        tx.sendto(b"warm", pyxlio.MSG_DUMMY, addr)
+    with pytest.raises(pyxlio.XlioNotLoadedError):
+        tx.warm(b"warm")
+    assert drain(rx, 0.1) == []
+
+
+@pytest.mark.xlio
+def test_dummy_send_is_counted_and_dropped(provider: str, udp_pair, make_socket,
+                                           capfd) -> None:
+    rx, _, addr = udp_pair
+    tx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    tx.connect(addr)
+    assert tx.send_dummy(b"warm-up!") == 8
+    assert tx.send(b"abc", pyxlio.MSG_DUMMY) == 3
+    unconnected = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    assert unconnected.send_dummy(b"xy", addr) == 2
+    assert unconnected.sendmsg([b"q"], (), pyxlio.MSG_DUMMY, addr) == 1
+    tx.send(b"real")
+    assert drain(rx) == [b"real"]                    # the dummies never arrive
+    if provider == "emu":
+        tx.stats()
+        line = next(x for x in capfd.readouterr().err.splitlines()
+                    if f"fd={tx.fileno()} " in x)
+        assert dict(re.findall(r"(\w+)=(\S+)", line))["dummy_sends"] == "2"
+
+
+@pytest.mark.xlio
+def test_dummy_send_on_a_socket_xlio_does_not_offload(provider: str, udp_pair,
+                                                      make_socket) -> None:
+    _, _, addr = udp_pair
+    with pyxlio.offload(False):
+        tx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    tx.connect(addr)
+    with pytest.raises(pyxlio.XlioError, match="not offloaded"):
+        tx.send_dummy(b"warm")
+
+
+@pytest.mark.xlio
+def test_warm_up_helper_is_bounded(provider: str, udp_pair, make_socket) -> None:
+    rx, _, addr = udp_pair
+    tx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    tx.connect(addr)
+    with pytest.raises(ValueError):
+        tx.warm(b"x", rate=50_001)
+    with pytest.raises(ValueError):
+        tx.warm(b"x", rate=0)
+    with tx.warm(b"x" * 32, rate=2000) as warmer:
+        time.sleep(0.3)
+    assert 10 < warmer.sent <= 2000 * 0.3 * 1.5 + 10
+    assert drain(rx, 0.1) == []
