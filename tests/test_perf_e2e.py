@@ -31,9 +31,14 @@ pytestmark = pytest.mark.provider_independent
 TIMEOUT = 30
 
 
-def _env() -> dict[str, str]:
+def _env(emu: bool = False) -> dict[str, str]:
     env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if emu:
+        from pyxlio import emu as emulator
+
+        env = emulator.environ(strict=True, base=env)
     return env
 
 
@@ -57,11 +62,11 @@ class Server:
 
 
 @contextmanager
-def perf_server(*args: str, prefix: list[str] | None = None,
-                ip: str = "127.0.0.1") -> Iterator[Server]:
+def perf_server(*args: str, prefix: list[str] | None = None, ip: str = "127.0.0.1",
+                emu: bool = False) -> Iterator[Server]:
     cmd = (prefix or []) + perf_cmd("server", "-i", ip, "-p", "0", "--json", "-q", *args)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())
+                            env=_env(emu))
     try:
         assert proc.stderr is not None
         ready, _, _ = select.select([proc.stderr], [], [], TIMEOUT)
@@ -78,9 +83,9 @@ def perf_server(*args: str, prefix: list[str] | None = None,
             proc.communicate()
 
 
-def run_client(*args: str, prefix: list[str] | None = None) -> dict[str, Any]:
+def run_client(*args: str, prefix: list[str] | None = None, emu: bool = False) -> dict[str, Any]:
     cmd = (prefix or []) + perf_cmd(*args, "--json", "-q")
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(emu))
     assert done.returncode == 0, done.stderr + done.stdout
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -342,3 +347,103 @@ def test_histogram_option() -> None:
         assert "needs matplotlib" in done.stderr
     else:
         assert done.returncode == 0, done.stderr
+
+
+# ---- pyxlio's receive methods -------------------------------------------------------------
+# Under the emulator (strict: a leaked packet makes a process exit non-zero, which the helpers
+# assert against), and through the kernel without any XLIO.
+
+PYXLIO_METHODS = ("copy", "zcopy", "batch", "callback")
+
+
+@pytest.mark.parametrize("busy", [False, True], ids=["blocking", "busy"])
+@pytest.mark.parametrize("method", PYXLIO_METHODS)
+def test_ping_pong_pyxlio_methods_under_emulator(method: str, busy: bool) -> None:
+    extra = ["--recv-method", method] + (["--busy-poll"] if busy else [])
+    with perf_server(*extra, emu=True) as srv:
+        res = run_client("pp", "-p", str(srv.port), "-n", "300", "-m", "64", *QUICK, *extra,
+                         emu=True)
+        rep = srv.stop()
+    assert res["provider"] == "emulator" and rep["provider"] == "emulator"
+    assert res["offloaded"] is True and rep["offloaded"] is True
+    assert res["recv_method"] == method and rep["recv_method"] == method
+    assert res["valid_sent"] == 300
+    assert res["valid_received"] + res["dropped"] + res["out_of_order"] == 300
+    assert res["latency"]["count"] == res["valid_received"] > 0
+    assert rep["received"] == res["sent"] and rep["replies"] == res["sent"]
+    assert rep["warmup"] == 2
+
+
+@pytest.mark.parametrize("method", PYXLIO_METHODS)
+def test_under_load_and_throughput_pyxlio_methods(method: str) -> None:
+    """The server's no-reply path: the callback method handles these inside the callback."""
+    extra = ["--recv-method", method]
+    with perf_server(*extra, emu=True) as srv:
+        ul = run_client("ul", "-p", str(srv.port), "-n", "300", "--mps", "5000",
+                        "--reply-every", "10", *QUICK, *extra, emu=True)
+        tp = run_client("tp", "-p", str(srv.port), "-n", "300", "--mps", "10000", "-m", "300",
+                        *QUICK, *extra, emu=True)
+        rep = srv.stop()
+    assert ul["valid_requests"] == 30 and ul["latency"]["count"] == ul["valid_received"] > 0
+    assert tp["valid_sent"] == 300
+    assert rep["replies"] == ul["sent"] // 10
+    assert rep["received"] + rep["dropped"] == ul["sent"] + tp["sent"]
+    assert rep["peers"] == 2
+
+
+@pytest.mark.parametrize("method", ["copy", "zcopy", "batch"])
+def test_tcp_pyxlio_methods_under_emulator(method: str) -> None:
+    extra = ["--tcp", "--recv-method", method]
+    with perf_server(*extra, emu=True) as srv:
+        res = run_client("pp", "-p", str(srv.port), "-n", "50", "-m", "3000", *QUICK, *extra,
+                         "--reply-timeout", "0.1", emu=True)
+        rep = srv.stop()
+    assert res["valid_received"] == 50 and res["dropped"] == 0
+    assert rep["received"] == res["sent"] and rep["bytes"] == 3000 * res["sent"]
+
+
+@pytest.mark.parametrize("method", ["copy", "zcopy", "batch"])
+def test_pyxlio_methods_without_xlio(method: str) -> None:
+    """No XLIO loaded: the same calls go through the kernel; sockets say not offloaded."""
+    extra = ["--recv-method", method]
+    with perf_server(*extra) as srv:
+        res = run_client("pp", "-p", str(srv.port), "-n", "200", *QUICK, *extra)
+        rep = srv.stop()
+    assert res["provider"] is None and res["offloaded"] is False
+    assert rep["offloaded"] is False
+    assert res["valid_received"] + res["dropped"] == 200 and res["valid_received"] > 0
+    assert rep["replies"] == res["sent"]
+
+
+def test_xlio_only_features_fail_clearly_without_xlio() -> None:
+    with perf_server() as srv:
+        for args, fragment in (
+            (["--recv-method", "callback"], "XLIO"),
+            (["--recv-method", "copy", "--dummy-send", "1000"], "offloaded"),
+        ):
+            done = subprocess.run(perf_cmd("pp", "-p", str(srv.port), "-n", "20", *QUICK, "-q",
+                                           *args),
+                                  capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+            assert done.returncode == 1, done.stdout
+            assert "pyxlio-perf: error:" in done.stderr and fragment in done.stderr
+        srv.stop()
+
+
+def test_dummy_sends_under_emulator() -> None:
+    with perf_server("--recv-method", "zcopy", emu=True) as srv:
+        res = run_client("ul", "-p", str(srv.port), "-n", "400", "--mps", "4000",
+                         "--reply-every", "10", "--recv-method", "zcopy", "--dummy-send", "20000",
+                         *QUICK, emu=True)
+        rep = srv.stop()
+    # About 5 dummy sends per message at these rates; none of them reaches the server.
+    assert res["dummy_sends"] > res["sent"]
+    assert rep["received"] == res["sent"]
+
+
+def test_emu_option_reexecutes_under_the_emulator() -> None:
+    with perf_server("--recv-method", "batch", emu=True) as srv:
+        res = run_client("pp", "-p", str(srv.port), "-n", "50", "--recv-method", "zcopy",
+                         "--emu", "--emu-strict", *QUICK)  # started without the emulator
+        srv.stop()
+    assert res["provider"] == "emulator" and res["offloaded"] is True
+    assert res["valid_received"] > 0

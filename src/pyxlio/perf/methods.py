@@ -5,6 +5,9 @@ gives in one call (one datagram, one batch, or one chunk of a TCP stream), calls
 ``handler(view, address)`` once per whole sockperf message (``view`` is valid only during the
 call, ``address`` is None for connected and TCP sockets) and returns how many messages it
 handled: 0 when nothing came (timeout or would-block), -1 at the end of a TCP stream.
+On a stream, ``recv`` goes on receiving while what came so far makes no whole message (a
+receive may bring part of one), until a message is complete or nothing more is ready: 0 thus
+always means "nothing more right now", never "some bytes but no message yet".
 
 The socket's mode decides whether ``recv`` waits: blocking sockets here carry SO_RCVTIMEO (a
 short tick, so stop flags are seen) instead of ``settimeout`` (which adds a poll() per call);
@@ -125,12 +128,9 @@ class CopyReceiver(Receiver):
         self.view = memoryview(self.buf)
 
     def recv(self, handler: Handler) -> int:
+        if self.stream:
+            return self._recv_stream(handler)
         try:
-            if self.stream:
-                n = self.sock.recv_into(self.buf)
-                if n == 0:
-                    return -1
-                return self._feed(self.view[:n], handler)
             if self.connected:
                 n = self.sock.recv_into(self.buf)
                 addr = None
@@ -141,6 +141,18 @@ class CopyReceiver(Receiver):
         handler(self.view[:n], addr)
         return 1
 
+    def _recv_stream(self, handler: Handler) -> int:
+        done = 0
+        while not done:
+            try:
+                n = self.sock.recv_into(self.buf)
+            except (BlockingIOError, TimeoutError, InterruptedError):
+                return 0
+            if n == 0:
+                return -1
+            done = self._feed(self.view[:n], handler)
+        return done
+
 
 class ZcopyReceiver(Receiver):
     """zcopy: ``recvfrom_zcopy()`` -> Packet, parsed through its memoryview, then released."""
@@ -148,6 +160,14 @@ class ZcopyReceiver(Receiver):
     name = "zcopy"
 
     def recv(self, handler: Handler) -> int:
+        while True:
+            done = self._recv_one(handler)
+            if done or not self.stream or self.framer is None or not self.framer.pending:
+                return done
+            # Part of a TCP message came: take the rest (pyxlio may hold it in user space,
+            # where select/epoll cannot see it).
+
+    def _recv_one(self, handler: Handler) -> int:
         try:
             pkt = self.sock.recvfrom_zcopy()  # type: ignore[attr-defined]
         except (BlockingIOError, TimeoutError, InterruptedError):
@@ -182,6 +202,12 @@ class BatchReceiver(Receiver):
         self.timeout: float | None = 0 if busy else TICK
 
     def recv(self, handler: Handler) -> int:
+        while True:
+            done = self._recv_one(handler)
+            if done or not self.stream or self.framer is None or not self.framer.pending:
+                return done
+
+    def _recv_one(self, handler: Handler) -> int:
         try:
             batch = self.sock.recv_batch(self.batch_size, timeout=self.timeout)  # type: ignore[attr-defined]
         except (BlockingIOError, TimeoutError, InterruptedError):

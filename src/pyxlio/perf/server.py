@@ -276,6 +276,19 @@ def _run_udp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
     return _finish(res, c, t0, first, last)
 
 
+def _send_all(conn: Any, view: memoryview) -> None:
+    """``sendall`` for a non-blocking socket: wait for room when the kernel has none."""
+    import select
+
+    sent = 0
+    n = len(view)
+    while sent < n:
+        try:
+            sent += conn.send(view[sent:])
+        except (BlockingIOError, InterruptedError):
+            select.select([], [conn], [], 1.0)
+
+
 def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | None,
              progress: TextIO | None) -> ServerResult:
     import selectors
@@ -314,11 +327,13 @@ def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
         if not isinstance(conn, cls):  # keep pyxlio's class on accepted sockets
             conn = cls(fileno=conn.detach())
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        methods.set_rcvtimeo(conn, methods.TICK)
+        # Non-blocking: each readiness is drained until the socket would block, because a
+        # receive may leave data in user space (pyxlio keeps the other TCP chunks a zero-copy
+        # receive brought) where select/epoll cannot see it.
+        conn.setblocking(False)
         receiver = methods.make_receiver(cfg.recv_method, conn, stream=True, connected=True,
-                                         batch_size=cfg.batch_size)
-        send_all = conn.sendall
-        handler = _make_handler(c, lambda view, _addr: send_all(view), peer_key=peer)
+                                         batch_size=cfg.batch_size, busy=True)
+        handler = _make_handler(c, lambda view, _addr: _send_all(conn, view), peer_key=peer)
         conns[conn.fileno()] = (conn, receiver, handler)
         sel.register(conn, selectors.EVENT_READ, conn.fileno())
 
@@ -338,7 +353,13 @@ def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
                     continue
                 _conn, receiver, handler = conns[key.data]
                 try:
-                    got = receiver.recv(handler)
+                    got = 0
+                    while True:
+                        step = receiver.recv(handler)
+                        if step <= 0:
+                            got = step if step < 0 else got
+                            break
+                        got += step
                 except (ConnectionError, ValueError) as exc:
                     if progress is not None and not cfg.quiet:
                         progress.write(f"pyxlio-perf: closing a connection: {exc}\n")
