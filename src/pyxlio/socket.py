@@ -38,6 +38,9 @@ __all__ = [
 MAX_DUMMY_RATE = 50_000
 #: SO_RCVBUFFORCE (Linux; not in Python's socket module): root may exceed net.core.rmem_max.
 _SO_RCVBUFFORCE = 33
+#: Source-specific multicast (Linux values; Python's socket module has them only from 3.12).
+_IP_ADD_SOURCE_MEMBERSHIP = getattr(_stdsocket, "IP_ADD_SOURCE_MEMBERSHIP", 39)
+_IP_DROP_SOURCE_MEMBERSHIP = getattr(_stdsocket, "IP_DROP_SOURCE_MEMBERSHIP", 40)
 
 RecvCallback = Callable[[memoryview, RecvInfo], "Verdict | int"]
 
@@ -249,8 +252,7 @@ class socket(_stdsocket.socket):
             opt = _stdsocket.IP_ADD_MEMBERSHIP if join else _stdsocket.IP_DROP_MEMBERSHIP
             self.setsockopt(_stdsocket.IPPROTO_IP, opt, grp + ifc)
         else:
-            opt = (_stdsocket.IP_ADD_SOURCE_MEMBERSHIP if join
-                   else _stdsocket.IP_DROP_SOURCE_MEMBERSHIP)
+            opt = _IP_ADD_SOURCE_MEMBERSHIP if join else _IP_DROP_SOURCE_MEMBERSHIP
             # Linux struct ip_mreq_source: multiaddr, interface, sourceaddr.
             self.setsockopt(_stdsocket.IPPROTO_IP, opt,
                             grp + ifc + _stdsocket.inet_aton(source))
