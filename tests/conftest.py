@@ -67,7 +67,7 @@ def pytest_cmdline_main(config: pytest.Config) -> int | None:
     for provider in PROVIDERS:
         env = _provider_env(provider)
         if env is None:
-            print(f"\n=== pyxlio: provider libxlio not run: set PYXLIO_TEST_LIBXLIO to the "
+            print("\n=== pyxlio: provider libxlio not run: set PYXLIO_TEST_LIBXLIO to the "
                   "path of a real libxlio.so to run the suite under it ===", flush=True)
             continue
         with tempfile.NamedTemporaryFile("r", suffix=".json") as results:

@@ -9,11 +9,10 @@ import socket as stdsocket
 import threading
 
 import pytest
-from conftest import run_python
 
 import pyxlio
+from conftest import run_python
 from pyxlio import rules
-
 
 # -- add_conf_rule ---------------------------------------------------------------------------
 

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_python
 
 import pyxlio
+from conftest import run_python
 from pyxlio import Capability, Layout
 
 HERE = Path(__file__).parent

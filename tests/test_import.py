@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+
 from conftest import run_python
 
 STARTERS = ["socket", "selectors", "asyncio", "subprocess", "ctypes.util", "select"]

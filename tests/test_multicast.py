@@ -58,21 +58,22 @@ RECEIVER = """
 import json, sys, time
 from pyxlio.socket import multicast_receiver
 group, port, source, expect = sys.argv[1], int(sys.argv[2]), sys.argv[3] or None, int(sys.argv[4])
-rx = multicast_receiver(group, port, interface=%r, source=source)
+rx = multicast_receiver(group, port, interface=RECEIVER_IP, source=source)
 print("ready", flush=True)
 got, zcopy, senders = [], set(), set()
 deadline = time.monotonic() + (5 if expect else 1.5)
 while len(got) < max(expect, 1) and time.monotonic() < deadline:
     with rx.recv_batch(64, timeout=0.2) as batch:
         got += [bytes(v) for v in batch.views()]
-        zcopy.add(batch.zcopy) if batch else None
+        if batch:
+            zcopy.add(batch.zcopy)
         senders.update(a[0] for a in batch.addresses)
 rcvbuf = rx.getsockopt(1, 8)
-rx.leave_multicast(group, %r, source)
+rx.leave_multicast(group, RECEIVER_IP, source)
 rx.close()
 print(json.dumps({"got": [g.decode() for g in got], "zcopy": sorted(zcopy),
                   "senders": sorted(senders), "rcvbuf": rcvbuf}))
-""" % (RECEIVER_IP, RECEIVER_IP)
+""".replace("RECEIVER_IP", repr(RECEIVER_IP))
 
 SENDER = """
 import socket, sys, time

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
 import socket as stdsocket
 import struct
 import sys
@@ -19,9 +18,9 @@ import time
 import warnings
 
 import pytest
-from conftest import run_python
 
 import pyxlio
+from conftest import run_python
 
 FRAG = 1472   # the emulator's default fragment size
 
@@ -90,7 +89,7 @@ def test_packets_of_a_batch(provider: str, udp_pair) -> None:
     with pytest.raises(ValueError):
         second.tobytes()
     with pytest.raises(ValueError):
-        batch.lengths
+        _ = batch.lengths
     batch.release()                       # idempotent
 
 

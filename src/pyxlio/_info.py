@@ -38,9 +38,9 @@ def collect() -> dict[str, Any]:
     state = pyxlio.allocator_state()
     info["allocator"] = {
         "kind": state["kind"],
-        "pools": state["pools"].name if state["pools"] is not None else None,  # type: ignore[attr-defined]
+        "pools": state["pools"].name if state["pools"] is not None else None,
         "alloc_calls": state["alloc_calls"],
-        "errors": [repr(e) for e in state["errors"]],  # type: ignore[attr-defined]
+        "errors": [repr(e) for e in state["errors"]],
     }
     info["thread"] = {
         "ident": threading.get_ident(),

@@ -71,7 +71,7 @@ class socket(_stdsocket.socket):
         self._engine.settimeout(super().gettimeout())
 
     # -- zero-copy receive ------------------------------------------------------------------
-    def recvfrom_zcopy(self, flags: int = 0, force: bool = False) -> Packet:
+    def recvfrom_zcopy(self, flags: int = 0, force: bool = False) -> Packet | None:
         """Receive one datagram (or TCP chunk) without copying it, when XLIO can.
 
         Blocks according to the socket's timeout, like ``recvfrom``: BlockingIOError on a
@@ -80,7 +80,7 @@ class socket(_stdsocket.socket):
         not offload); ``force=True`` raises :class:`pyxlio.XlioError` (EIO) instead of copying.
         Returns None at the end of a TCP stream.  Release the packet (``with pkt:``).
         """
-        return self._engine.recvfrom_zcopy(flags, force)  # type: ignore[no-any-return]
+        return self._engine.recvfrom_zcopy(flags, force)
 
     def recv_batch(self, max_packets: int = 64, timeout: float | None = None) -> PacketBatch:
         """Receive up to `max_packets` datagrams in one call, with the GIL released.
@@ -90,7 +90,7 @@ class socket(_stdsocket.socket):
         (falsy) batch when nothing arrived in time.  Release the batch (``with batch:``): one
         free call returns every buffer to XLIO.
         """
-        return self._engine.recv_batch(max_packets, timeout)  # type: ignore[no-any-return]
+        return self._engine.recv_batch(max_packets, timeout)
 
     @property
     def max_datagram(self) -> int:
@@ -98,7 +98,7 @@ class socket(_stdsocket.socket):
 
         Lower it (e.g. to 2048) to shrink batch memory when datagrams are small; a longer
         datagram is then cut and counted in ``batch.truncated``."""
-        return self._engine.max_datagram  # type: ignore[no-any-return]
+        return self._engine.max_datagram
 
     @max_datagram.setter
     def max_datagram(self, value: int) -> None:
@@ -107,12 +107,12 @@ class socket(_stdsocket.socket):
     @property
     def outstanding(self) -> int:
         """Packets received zero-copy and not yet released."""
-        return self._engine.outstanding  # type: ignore[no-any-return]
+        return self._engine.outstanding
 
     @property
     def offloaded(self) -> bool | None:
         """Whether XLIO offloads this socket (None when the loaded XLIO cannot tell)."""
-        return self._engine.offloaded  # type: ignore[no-any-return]
+        return self._engine.offloaded
 
     # -- receive callbacks ------------------------------------------------------------------
     def set_recv_callback(self, fn: RecvCallback | None) -> None:
@@ -140,12 +140,12 @@ class socket(_stdsocket.socket):
     @property
     def filtered(self) -> int:
         """Datagrams dropped by the C-level filter."""
-        return self._engine.filtered  # type: ignore[no-any-return]
+        return self._engine.filtered
 
     @property
     def held(self) -> deque[Packet]:
         """Packets a receive callback held (Verdict.HOLD), oldest first: release each."""
-        return self._engine.held  # type: ignore[no-any-return]
+        return self._engine.held
 
     # The stdlib receive calls, plus the check for a receive callback's exception.  It is
     # raised before the call: after it, data is in hand and raising would lose it (it is then
