@@ -511,6 +511,13 @@ static int case_free_errors(void) {
     printf("case double-free\n");
     fflush(stdout);
     CHECK_RC(free_one(r, id), -1, ENOENT);                                    /* double free */
+    /* a double free after a new receive must not free the new packet */
+    void *idb;
+    send_to(s, &a, "B", 1);
+    CHECK_RC(zc_recv(r, buf, sizeof buf, 0, &idb), 1, 0);
+    CHECK(idb != id, "a freed packet id was reused at once");
+    CHECK_RC(free_one(r, id), -1, ENOENT);
+    CHECK_RC(free_one(r, idb), 0, 0);
     printf("case bogus\n");
     fflush(stdout);
     CHECK_RC(free_one(r, (void *)0x1234), -1, ENOENT);                        /* bogus id */

@@ -108,7 +108,7 @@ typedef struct emu_pkt {
     uint32_t addrlen;           /* length of src */
     uint32_t flags;             /* 1 = truncated */
     struct sockaddr_in6 src;    /* 28 bytes, holds sockaddr_in too */
-    uint32_t pad;
+    uint32_t buf;               /* first buffer (the others chain through emu_pool.next) */
     struct timespec ts;         /* software receive timestamp */
 } emu_pkt_t;
 
@@ -118,7 +118,9 @@ typedef struct emu_pool {
     size_t stride;              /* bytes per buffer (frag rounded up to 64) */
     uint32_t nbuf;
     uint32_t maxfrag;           /* buffers needed for the largest datagram */
-    emu_pkt_t *pkts;            /* descriptor per buffer (emulator memory) */
+    emu_pkt_t *pkts;            /* packet descriptors (emulator memory), as many as buffers */
+    uint32_t *dring;            /* FIFO of free descriptors: a freed id is reused last */
+    uint32_t dhead, dcount;
     uint32_t *next;             /* fragment chain: next buffer index */
     uint32_t *freelist;         /* stack of free buffer indices */
     uint32_t nfree;
@@ -128,7 +130,6 @@ typedef struct emu_pool {
 extern EMU_HIDDEN emu_pool_t emu_pool;
 
 static inline unsigned char *emu_buf(uint32_t i) { return emu_pool.base + (size_t)i * emu_pool.stride; }
-static inline uint32_t emu_pkt_index(const emu_pkt_t *p) { return (uint32_t)(p - emu_pool.pkts); }
 static inline size_t emu_frag_len(const emu_pkt_t *p, uint32_t k) {
     if (k + 1 < p->nfrag) return emu_conf.frag;
     return p->len - (size_t)k * emu_conf.frag;
@@ -138,6 +139,8 @@ EMU_HIDDEN int emu_pool_create(void);
 EMU_HIDDEN uint32_t emu_pool_get(uint32_t *out, uint32_t n);
 EMU_HIDDEN void emu_pool_put(const uint32_t *idx, uint32_t n);
 EMU_HIDDEN void emu_pkt_release(uint32_t pi);             /* descriptor + its buffers -> pool */
+/* return buffers and descriptors in one locked step */
+EMU_HIDDEN void emu_pool_put2(const uint32_t *bufs, uint32_t nb, const uint32_t *descs, uint32_t nd);
 EMU_HIDDEN void emu_pool_fork_child(void);
 /* validate a packet id; returns descriptor index or -1 (never dereferences a bad id) */
 EMU_HIDDEN long emu_pkt_lookup(const void *id);
@@ -147,9 +150,14 @@ typedef struct emu_spare {
     uint32_t cnt, cap;
     uint32_t *idx;
     struct iovec *iov;
+    unsigned char *scratch;     /* EMU_MAX_DGRAM bytes: tail of datagrams above EMU_DIRECT_FRAGS */
 } emu_spare_t;
+/* A datagram is received straight into this many pool buffers plus a per-thread scratch
+ * buffer for its tail (copied into more pool buffers): 8 iovecs keep the kernel on its fast
+ * path (UIO_FASTIOV), so only datagrams above 7 fragments pay one extra copy. */
+#define EMU_DIRECT_FRAGS 7
 EMU_HIDDEN emu_spare_t *emu_spare(void);                   /* topped up; NULL if no memory */
-/* take spare[0..used) as one packet (chained); returns descriptor index */
+/* take spare[0..used) as one packet (chained); returns its descriptor index */
 EMU_HIDDEN uint32_t emu_spare_take(emu_spare_t *sp, uint32_t used, uint32_t len);
 /* take spare[0..used) as `used` one-buffer packets (TCP stream data) */
 EMU_HIDDEN void emu_spare_take_separate(emu_spare_t *sp, uint32_t used, uint32_t len, uint32_t *ids);
@@ -199,7 +207,8 @@ EMU_HIDDEN void emu_sock_exit_report(void);
 EMU_HIDDEN int emu_sock_blocking(emu_sock_t *s, int flags);
 
 /* receive machinery */
-EMU_HIDDEN int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi);
+/* want_src 0: the kernel is not asked for the source address (cheaper; addrlen stays 0) */
+EMU_HIDDEN int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi, int want_src);
 EMU_HIDDEN int emu_pull_into_queue(emu_sock_t *s, int max); /* >0 queue ready, 0 not, -1 err */
 EMU_HIDDEN int emu_next_special(emu_sock_t *s, int kflags, uint32_t *pi);
 EMU_HIDDEN void emu_queue_push_front(emu_sock_t *s, uint32_t pi);

@@ -86,7 +86,7 @@ static int zc_tcp(emu_sock_t *s, unsigned char *buf, size_t len, int in, int *fl
         emu_pkt_t *p = &emu_pool.pkts[ids[j]];
         put_ptr(q, p);
         put_u64(q + 8, 1);
-        put_ptr(q + 16, emu_buf(ids[j]));
+        put_ptr(q + 16, emu_buf(p->buf));
         put_u64(q + 24, p->len);
         q += PYXLIO_ZC_PACKET_BYTES + PYXLIO_ZC_IOV_BYTES;
     }
@@ -133,11 +133,16 @@ static int api_recvfrom_zcopy(int fd, void *buf, size_t len, int *flags, struct 
     int kflags = in & ~(EMU_XLIO_RX_FLAGS | MSG_PEEK | MSG_TRUNC);
     uint32_t pi, gen;
     if (atomic_load_explicit(&s->special, memory_order_relaxed)) {
-        if (emu_next_special(s, kflags, &pi) < 0) return -1;
-        gen = emu_pool.pkts[pi].gen;
+        if (s->feed && !s->cb && !ST_LOAD(s->qlen)) {
+            gen = ST_LOAD(s->gen);
+            if (emu_feed_make_pkt(s, &pi) < 0) return -1;
+        } else {
+            if (emu_next_special(s, kflags, &pi) < 0) return -1;
+            gen = emu_pool.pkts[pi].gen;
+        }
     } else {
         gen = ST_LOAD(s->gen);
-        if (emu_pull_kernel(s, kflags, &pi) < 0) return -1;
+        if (emu_pull_kernel(s, kflags, &pi, fromlen != NULL) < 0) return -1;
     }
     if (claim_zc(s, gen, pi) < 0) return -1;
     emu_pkt_t *p = &emu_pool.pkts[pi];
@@ -150,7 +155,7 @@ static int api_recvfrom_zcopy(int fd, void *buf, size_t len, int *flags, struct 
     put_u64(b + 16, fit);
     unsigned char *q = b + 24;
     size_t total = 0;
-    uint32_t bi = pi;
+    uint32_t bi = p->buf;
     for (size_t k = 0; k < fit; k++) {
         size_t fl = emu_frag_len(p, (uint32_t)k);
         put_ptr(q, emu_buf(bi));
@@ -230,14 +235,14 @@ static int api_free_packets(int fd, pyxlio_zc_packet_t *pkts, size_t count) {
         uint32_t nb = 0;
         for (uint32_t j = 0; j < nids; j++) {
             emu_pkt_t *p = &emu_pool.pkts[ids[j]];
-            uint32_t nf = p->nfrag ? p->nfrag : 1, b = ids[j];
+            uint32_t nf = p->nfrag ? p->nfrag : 1, b = p->buf;
             for (uint32_t k = 0; k < nf; k++) {
                 bufs[nb++] = b;
                 b = emu_pool.next[b];
                 if (nb == 256) { emu_pool_put(bufs, nb); nb = 0; }
             }
         }
-        emu_pool_put(bufs, nb);
+        emu_pool_put2(bufs, nb, ids, nids);
     }
     if (bad) { errno = ENOENT; return -1; }
     return 0;

@@ -3,9 +3,10 @@
  *
  * One region of XLIO_MEMORY_LIMIT bytes (from the registered user allocator, called once, or
  * mmap) cut into buffers of PYXLIO_EMU_FRAG_SIZE bytes (stride rounded up to 64).  Every buffer
- * has a descriptor in emulator-owned memory; a packet is the descriptor of its first buffer and
- * chains the others.  Packet ids handed to the application are descriptor addresses, validated
- * against the descriptor array before use.  Each thread keeps a spare set of buffers (enough for
+ * packet has a descriptor in emulator-owned memory and chains its buffers.  Packet ids handed to
+ * the application are descriptor addresses, validated against the descriptor array before use;
+ * free descriptors are reused in FIFO order, so a stale id (double free) finds its descriptor
+ * free rather than reused by a newer packet.  Each thread keeps a spare set of buffers (enough for
  * the largest datagram) that the kernel receives into with one recvmsg.
  */
 #include <stdlib.h>
@@ -44,7 +45,8 @@ int emu_pool_create(void) {
     emu_pool.pkts = calloc(nbuf, sizeof(emu_pkt_t));
     emu_pool.next = calloc(nbuf, sizeof(uint32_t));
     emu_pool.freelist = malloc(nbuf * sizeof(uint32_t));
-    if (!base || !emu_pool.pkts || !emu_pool.next || !emu_pool.freelist) {
+    emu_pool.dring = malloc(nbuf * sizeof(uint32_t));
+    if (!base || !emu_pool.pkts || !emu_pool.next || !emu_pool.freelist || !emu_pool.dring) {
         emu_log("cannot allocate the packet pool (%zu bytes): zero-copy receive disabled", size);
         emu_pool.nbuf = 0;
         emu_pool.nfree = 0;
@@ -55,6 +57,9 @@ int emu_pool_create(void) {
     /* stack: lowest indices on top */
     for (size_t i = 0; i < nbuf; i++) emu_pool.freelist[i] = (uint32_t)(nbuf - 1 - i);
     emu_pool.nfree = (uint32_t)nbuf;
+    for (size_t i = 0; i < nbuf; i++) emu_pool.dring[i] = (uint32_t)i;
+    emu_pool.dhead = 0;
+    emu_pool.dcount = (uint32_t)nbuf;
     return 0;
 }
 
@@ -73,17 +78,30 @@ void emu_pool_put(const uint32_t *idx, uint32_t n) {
     pthread_mutex_unlock(&emu_pool.mu);
 }
 
+static inline void desc_put_locked(uint32_t d) {
+    emu_pool.dring[(emu_pool.dhead + emu_pool.dcount) % emu_pool.nbuf] = d;
+    emu_pool.dcount++;
+}
+
+void emu_pool_put2(const uint32_t *bufs, uint32_t nb, const uint32_t *descs, uint32_t nd) {
+    if (!nb && !nd) return;
+    pthread_mutex_lock(&emu_pool.mu);
+    for (uint32_t i = 0; i < nb; i++) emu_pool.freelist[emu_pool.nfree++] = bufs[i];
+    for (uint32_t i = 0; i < nd; i++) desc_put_locked(descs[i]);
+    pthread_mutex_unlock(&emu_pool.mu);
+}
+
 void emu_pkt_release(uint32_t pi) {
     uint32_t tmp[256];
     emu_pkt_t *p = &emu_pool.pkts[pi];
-    uint32_t n = p->nfrag ? p->nfrag : 1, k = 0, b = pi;
+    uint32_t n = p->nfrag ? p->nfrag : 1, k = 0, b = p->buf;
     atomic_store_explicit(&p->state, PKT_FREE, memory_order_release);
     for (uint32_t i = 0; i < n; i++) {
         tmp[k++] = b;
         b = emu_pool.next[b];
-        if (k == 256) { emu_pool_put(tmp, k); k = 0; }
+        if (k == 256 && i + 1 < n) { emu_pool_put(tmp, k); k = 0; }
     }
-    emu_pool_put(tmp, k);
+    emu_pool_put2(tmp, k, &pi, 1);
 }
 
 long emu_pkt_lookup(const void *id) {
@@ -115,6 +133,7 @@ static void spare_destroy(void *v) {
     emu_pool_put(sp->idx, sp->cnt);
     free(sp->idx);
     free(sp->iov);
+    free(sp->scratch);
     free(sp);
     t_spare = NULL;
 }
@@ -131,7 +150,11 @@ emu_spare_t *emu_spare(void) {
         sp->cap = emu_pool.maxfrag;
         sp->idx = calloc(sp->cap, sizeof *sp->idx);
         sp->iov = calloc(sp->cap, sizeof *sp->iov);
-        if (!sp->idx || !sp->iov) { free(sp->idx); free(sp->iov); free(sp); return NULL; }
+        sp->scratch = sp->cap > EMU_DIRECT_FRAGS + 1 ? malloc(EMU_MAX_DGRAM) : NULL;
+        if (!sp->idx || !sp->iov || (sp->cap > EMU_DIRECT_FRAGS + 1 && !sp->scratch)) {
+            free(sp->idx); free(sp->iov); free(sp->scratch); free(sp);
+            return NULL;
+        }
         t_spare = sp;
         pthread_setspecific(g_spare_key, sp);
     }
@@ -146,9 +169,19 @@ emu_spare_t *emu_spare(void) {
     return sp;
 }
 
-static void spare_refill(emu_spare_t *sp, uint32_t used) {
-    /* refill the used slots in place; holes are filled from the tail */
-    uint32_t got = emu_pool_get(sp->idx, used);
+/* Refill the used slots in place (holes are filled from the tail) and take `ndesc` descriptors
+ * into descs, all in one locked step. */
+static void spare_refill(emu_spare_t *sp, uint32_t used, uint32_t *descs, uint32_t ndesc) {
+    pthread_mutex_lock(&emu_pool.mu);
+    for (uint32_t i = 0; i < ndesc; i++) {
+        /* never fails: a descriptor per buffer, and the caller holds `used` buffers */
+        descs[i] = emu_pool.dring[emu_pool.dhead];
+        emu_pool.dhead = (emu_pool.dhead + 1) % emu_pool.nbuf;
+        emu_pool.dcount--;
+    }
+    uint32_t got = used < emu_pool.nfree ? used : emu_pool.nfree;
+    for (uint32_t i = 0; i < got; i++) sp->idx[i] = emu_pool.freelist[--emu_pool.nfree];
+    pthread_mutex_unlock(&emu_pool.mu);
     for (uint32_t j = 0; j < got; j++) sp->iov[j].iov_base = emu_buf(sp->idx[j]);
     uint32_t h = got, end = sp->cnt;
     while (h < used && end > used) {
@@ -162,30 +195,32 @@ static void spare_refill(emu_spare_t *sp, uint32_t used) {
 
 uint32_t emu_spare_take(emu_spare_t *sp, uint32_t used, uint32_t len) {
     if (used == 0) used = 1;
-    uint32_t first = sp->idx[0];
+    uint32_t b0 = sp->idx[0], first;
     for (uint32_t i = 0; i + 1 < used; i++) emu_pool.next[sp->idx[i]] = sp->idx[i + 1];
+    spare_refill(sp, used, &first, 1);
     emu_pkt_t *p = &emu_pool.pkts[first];
+    p->buf = b0;
     p->nfrag = used;
     p->len = len;
     p->qnext = 0;
     p->flags = 0;
     atomic_store_explicit(&p->state, PKT_BUSY, memory_order_relaxed);
-    spare_refill(sp, used);
     return first;
 }
 
 void emu_spare_take_separate(emu_spare_t *sp, uint32_t used, uint32_t len, uint32_t *ids) {
+    uint32_t bufs[used];
+    memcpy(bufs, sp->idx, used * sizeof *bufs);
+    spare_refill(sp, used, ids, used);
     for (uint32_t i = 0; i < used; i++) {
-        uint32_t b = sp->idx[i];
-        emu_pkt_t *p = &emu_pool.pkts[b];
+        emu_pkt_t *p = &emu_pool.pkts[ids[i]];
         size_t off = (size_t)i * emu_conf.frag;
+        p->buf = bufs[i];
         p->nfrag = 1;
         p->len = (uint32_t)(len - off < emu_conf.frag ? len - off : emu_conf.frag);
         p->qnext = 0;
         p->flags = 0;
         p->addrlen = 0;
         atomic_store_explicit(&p->state, PKT_BUSY, memory_order_relaxed);
-        ids[i] = b;
     }
-    spare_refill(sp, used);
 }

@@ -242,17 +242,29 @@ static void pool_exhausted(emu_sock_t *s) {
     errno = ENOMEM;
 }
 
-int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi) {
+int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi, int want_src) {
     emu_spare_t *sp = emu_spare();
     if (EMU_UNLIKELY(!sp || sp->cnt == 0)) { pool_exhausted(s); return -1; }
     kflags &= ~(EMU_XLIO_RX_FLAGS | MSG_PEEK | MSG_TRUNC);
     struct sockaddr_in6 src;
     struct msghdr m;
     memset(&m, 0, sizeof m);
-    m.msg_name = &src;
-    m.msg_namelen = sizeof src;
-    m.msg_iov = sp->iov;
-    m.msg_iovlen = sp->cnt;
+    if (want_src) {
+        m.msg_name = &src;
+        m.msg_namelen = sizeof src;
+    }
+    struct iovec kiov[EMU_DIRECT_FRAGS + 1];
+    int tail = sp->cnt > EMU_DIRECT_FRAGS + 1;
+    if (tail) {
+        memcpy(kiov, sp->iov, sizeof(struct iovec) * EMU_DIRECT_FRAGS);
+        kiov[EMU_DIRECT_FRAGS].iov_base = sp->scratch;
+        kiov[EMU_DIRECT_FRAGS].iov_len = EMU_MAX_DGRAM;
+        m.msg_iov = kiov;
+        m.msg_iovlen = EMU_DIRECT_FRAGS + 1;
+    } else {
+        m.msg_iov = sp->iov;
+        m.msg_iovlen = sp->cnt;
+    }
     if (EMU_UNLIKELY(sp->cnt < sp->cap)) {
         /* not enough spare buffers for the largest datagram: learn this one's size first */
         struct msghdr pm;
@@ -265,10 +277,20 @@ int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi) {
     ssize_t n = REAL(recvmsg)(s->fd, &m, kflags);
     if (n < 0) return -1;
     uint32_t used = n ? (uint32_t)(((size_t)n + emu_conf.frag - 1) / emu_conf.frag) : 1;
+    if (tail && used > EMU_DIRECT_FRAGS) {
+        /* the tail landed in the scratch buffer: move it into the next pool buffers */
+        size_t off = 0, left = (size_t)n - EMU_DIRECT_FRAGS * emu_conf.frag;
+        for (uint32_t k = EMU_DIRECT_FRAGS; left; k++) {
+            size_t c = left < emu_conf.frag ? left : emu_conf.frag;
+            memcpy(sp->iov[k].iov_base, sp->scratch + off, c);
+            off += c;
+            left -= c;
+        }
+    }
     uint32_t i = emu_spare_take(sp, used, (uint32_t)n);
     emu_pkt_t *p = &emu_pool.pkts[i];
     p->addrlen = m.msg_namelen;
-    memcpy(&p->src, &src, m.msg_namelen < sizeof src ? m.msg_namelen : sizeof src);
+    if (m.msg_namelen) memcpy(&p->src, &src, m.msg_namelen < sizeof src ? m.msg_namelen : sizeof src);
     if (m.msg_flags & MSG_TRUNC) p->flags |= 1;
     p->fd = s->fd;
     CNT_ADD(s->rx_packets, 1);
@@ -284,7 +306,7 @@ static int run_cb(emu_sock_t *s, uint32_t pi, pyxlio_recv_callback_t cb, void *c
     struct iovec stackv[64];
     struct iovec *iov = nf <= 64 ? stackv : malloc(nf * sizeof *iov);
     if (!iov) return PYXLIO_PACKET_RECV;
-    uint32_t b = pi;
+    uint32_t b = p->buf;
     for (uint32_t k = 0; k < nf; k++) {
         iov[k].iov_base = emu_buf(b);
         iov[k].iov_len = emu_frag_len(p, k);
@@ -387,7 +409,7 @@ int emu_next_special(emu_sock_t *s, int kflags, uint32_t *pi) {
         if (feed) {
             if (emu_feed_make_pkt(s, &i) < 0) return -1;
         } else {
-            if (emu_pull_kernel(s, kflags | MSG_DONTWAIT, &i) < 0) {
+            if (emu_pull_kernel(s, kflags | MSG_DONTWAIT, &i, 1) < 0) {
                 if (errno != EAGAIN && errno != EWOULDBLOCK) return -1;
                 if (blocking < 0) blocking = emu_sock_blocking(s, kflags);
                 if (!blocking) { errno = EAGAIN; return -1; }
@@ -414,7 +436,7 @@ int emu_pull_into_queue(emu_sock_t *s, int max) {
     if (!cb) return 0;
     for (int k = 0; k < max; k++) {
         uint32_t i;
-        if (emu_pull_kernel(s, MSG_DONTWAIT, &i) < 0) {
+        if (emu_pull_kernel(s, MSG_DONTWAIT, &i, 1) < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
             return 1; /* an error a receive call would report at once */
         }
@@ -427,7 +449,7 @@ int emu_pull_into_queue(emu_sock_t *s, int max) {
 
 size_t emu_copy_to_iov(const struct iovec *iov, int iovcnt, const emu_pkt_t *p, size_t unused) {
     (void)unused;
-    uint32_t b = emu_pkt_index(p), k = 0, nf = p->nfrag ? p->nfrag : 1;
+    uint32_t b = p->buf, k = 0, nf = p->nfrag ? p->nfrag : 1;
     size_t foff = 0, flen = emu_frag_len(p, 0), total = 0;
     for (int v = 0; v < iovcnt && k < nf; v++) {
         size_t voff = 0;
