@@ -333,20 +333,37 @@ def test_multicast_ping_pong() -> None:
     assert rep["received"] == res["sent"] and rep["replies"] == res["sent"]
 
 
-def test_histogram_option() -> None:
+def test_histogram_option(tmp_path: Any) -> None:
     import importlib.util
 
+    png = tmp_path / "latency.png"
     with perf_server() as srv:
         done = subprocess.run(
             perf_cmd("pp", "-p", str(srv.port), "-n", "100", *QUICK, "-q", "--histogram",
-                     os.path.join(os.environ.get("TMPDIR", "/tmp"), f"pyxperf{os.getpid()}.png")),
+                     str(png)),
             capture_output=True, text=True, timeout=TIMEOUT, env=_env())
         srv.stop()
     if importlib.util.find_spec("matplotlib") is None:
         assert done.returncode == 2
         assert "needs matplotlib" in done.stderr
+        assert not png.exists()
     else:
         assert done.returncode == 0, done.stderr
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_lines_on_long_runs() -> None:
+    with perf_server() as srv:
+        done = subprocess.run(
+            perf_cmd("tp", "-p", str(srv.port), "-t", "3.2", "--warmup", "0", "--cooldown", "0",
+                     "--mps", "500"),
+            capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+        srv.stop()
+    assert done.returncode == 0, done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if re.match(r"pyxlio-perf: \[ *\d", ln)]
+    assert len(lines) >= 2, done.stderr
+    assert all("sent" in ln and "msg/s" in ln for ln in lines)
+    assert "Summary: Message Rate" in done.stdout  # the report itself stays on stdout
 
 
 # ---- pyxlio's receive methods -------------------------------------------------------------
