@@ -119,6 +119,27 @@ def test_ping_pong(tcp: bool, busy: bool) -> None:
     assert rep["received"] > res["valid_sent"]  # warm-up / cool-down traffic went too
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+@pytest.mark.parametrize("method", ["stdlib", "batch"])
+def test_ping_pong_ipv6(method: str) -> None:
+    with perf_server("--recv-method", method, ip="::1") as srv:
+        res = run_client("pp", "-i", "::1", "-p", str(srv.port), "-n", "100", *QUICK,
+                         "--recv-method", method)
+        rep = srv.stop()
+    assert srv.host == "::1"
+    assert res["valid_received"] + res["dropped"] == 100 and res["valid_received"] > 0
+    assert rep["replies"] == res["sent"]
+
+
 def test_under_load_replies_to_a_sample() -> None:
     with perf_server() as srv:
         res = run_client("under-load", "-p", str(srv.port), "-n", "400", "--mps", "4000",
