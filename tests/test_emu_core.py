@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "emu"))
-import emutest  # noqa: E402
+import emutest
 
 pytestmark = [
     pytest.mark.provider_independent,
@@ -215,7 +215,8 @@ def test_recv_callback_readiness_poll_select_epoll(emu_build: tuple[str, str]) -
 def test_rules_add_conf_rule_and_config_file(emu_build: tuple[str, str], tmp_path: object) -> None:
     conf = os.path.join(str(tmp_path), "libxlio.conf")
     with open(conf, "w") as f:
-        f.write("# test\nlog_level 3\nuse os udp_receiver 127.0.0.1:40050\nuse vma udp_receiver *:*\n")
+        f.write("# test\nlog_level 3\nuse os udp_receiver 127.0.0.1:40050\n"
+                "use vma udp_receiver *:*\n")
     r = run(emu_build, "rules", env={"XLIO_CONFIG_FILE": conf, "EMU_CHECK_CONF_PORT": "40050"})
     assert_ok(r, "rules")
     assert "config rule checked" in r.out

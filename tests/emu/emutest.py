@@ -35,9 +35,9 @@ def gcc() -> str | None:
 def load_emu() -> ModuleType:
     """Import ``pyxlio.emu``; fall back to loading it from the source tree."""
     try:
-        import pyxlio.emu as emu
+        import pyxlio.emu as emu  # type: ignore[import-not-found,unused-ignore]
 
-        return emu
+        return emu  # type: ignore[no-any-return,unused-ignore]
     except ImportError:
         pass
     spec = importlib.util.spec_from_file_location(
@@ -129,3 +129,44 @@ def run_case(check: str, lib: str | None, case: str, strict: bool = True,
     p = subprocess.run([*(wrapper or []), check, case], env=e, capture_output=True, text=True,
                        timeout=timeout)
     return Result(p.returncode, p.stdout, p.stderr)
+
+
+# Every emu_check case with the environment it needs and the exit status it must end with
+# under strict mode (the sanitizer and valgrind runs replay this table).
+CASES: list[tuple[str, dict[str, str], int]] = [
+    ("discover-legacy", {}, 0),
+    ("discover-361", {"PYXLIO_EMU_LAYOUT": "3.61"}, 0),
+    ("init-socket", {"XLIO_MEMORY_LIMIT": "1048576"}, 0),
+    ("init-epoll", {"XLIO_MEMORY_LIMIT": "1048576"}, 0),
+    ("zcopy-udp", {}, 0),
+    ("zcopy-frags", {"PYXLIO_EMU_FRAG_SIZE": "64"}, 0),
+    ("zcopy-eagain", {}, 0),
+    ("not-offloaded", {}, 0),
+    ("thread-offload", {}, 0),
+    ("free-errors", {}, STRICT_EXIT),
+    ("leak-exit", {}, STRICT_EXIT),
+    ("leak-close", {}, STRICT_EXIT),
+    ("clean-exit", {}, 0),
+    ("dummy-send", {}, 0),
+    ("stats", {}, 0),
+    ("feed", {"PYXLIO_EMU_FEED": "45001:64,45002:8"}, 0),
+    ("callback", {}, 0),
+    ("callback-poll", {}, 0),
+    ("enomem", {"XLIO_MEMORY_LIMIT": "16KB"}, 0),
+    ("rules", {}, 0),
+    ("tcp", {}, 0),
+    ("fork", {}, 0),
+    ("threads", {}, 0),
+    ("passthrough", {}, 0),
+]
+
+
+def python_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """An environment whose Python finds the same ``pyxlio.emu`` as this process."""
+    emu = load_emu()
+    assert emu.__file__ is not None
+    top = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(emu.__file__))))
+    e = {k: v for k, v in (os.environ if base is None else base).items()
+         if not k.startswith(("PYXLIO_EMU_", "XLIO_")) and k != "LD_PRELOAD"}
+    e["PYTHONPATH"] = os.pathsep.join([top, *filter(None, [e.get("PYTHONPATH")])])
+    return e

@@ -136,7 +136,8 @@ def run(argv: Sequence[str], check: bool = False, **opts: Any) -> subprocess.Com
     """
     import subprocess
 
-    names = ("strict", "layout", "feed", "frag_size", "memory_limit", "config_file", "base", "verbose")
+    names = ("strict", "layout", "feed", "frag_size", "memory_limit", "config_file", "base",
+             "verbose")
     emu_opts = {k: opts.pop(k) for k in names if k in opts}
     env = environ(**emu_opts)
     return subprocess.run(list(argv), env=env, check=check, **opts)
