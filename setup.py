@@ -48,8 +48,11 @@ class BuildExt(build_ext):
     """build_ext that names the emulator ``libxlio_emu.so`` and keeps libpython out of it."""
 
     def get_ext_filename(self, fullname: str) -> str:
-        if fullname == EMU_NAME:
-            return os.path.join(*fullname.split(".")[:-1], "libxlio_emu.so")
+        # Called with the dotted name by some paths and with the bare module name by others
+        # (distutils' get_ext_fullpath): keep the convention, drop only the ABI tag.
+        parts = fullname.split(".")
+        if parts[-1] == EMU_NAME.rsplit(".", 1)[-1]:
+            return os.path.join(*parts) + ".so"
         return super().get_ext_filename(fullname)
 
     def get_export_symbols(self, ext: Extension) -> list[str]:
