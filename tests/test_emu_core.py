@@ -73,6 +73,11 @@ def test_init_and_user_allocator(emu_build: tuple[str, str], trigger: str) -> No
     assert_ok(r, f"init-{trigger}")
 
 
+def test_init_reentrant_allocator(emu_build: tuple[str, str]) -> None:
+    r = run(emu_build, "init-reentrant", env={"XLIO_MEMORY_LIMIT": "1048576"}, timeout=20)
+    assert_ok(r, "init-reentrant")
+
+
 def test_memory_limit_suffix(emu_build: tuple[str, str]) -> None:
     r = run(emu_build, "clean-exit", env={"XLIO_MEMORY_LIMIT": "2MB", "PYXLIO_EMU_VERBOSE": "1"})
     assert_ok(r, "clean-exit")

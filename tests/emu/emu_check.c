@@ -204,6 +204,37 @@ static void *my_alloc(size_t n) {
 }
 static void my_free(void *p) { (void)p; }
 
+/* an allocator that itself makes a socket and an epoll fd (as a Python allocator importing
+ * modules might): the init must neither deadlock nor call it twice */
+static int g_reent_fd = -2;
+static void *reent_alloc(size_t n) {
+    g_alloc_calls++;
+    g_reent_fd = socket(AF_INET, SOCK_DGRAM, 0);
+    int ep = epoll_create1(0);
+    if (ep >= 0) close(ep);
+    return malloc(n);
+}
+
+static int case_init_reentrant(void) {
+    need_api();
+    unsigned char c[PYXLIO_USER_ALLOC_CMSG_SPACE];
+    size_t l = pyxlio_build_user_alloc_cmsg(c, PYXLIO_USER_ALLOC_RX, reent_alloc, my_free);
+    CHECK_RC(api->ioctl(c, l), 0, 0);
+    int fd = udp_sock(0);
+    CHECK(g_alloc_calls == 1 && g_reent_fd >= 0, "alloc calls %d fd %d", g_alloc_calls, g_reent_fd);
+    close(g_reent_fd);
+    struct sockaddr_in a;
+    int r = udp_bound(&a, 0);
+    send_to(fd, &a, "re", 2);
+    unsigned char buf[128];
+    void *id;
+    CHECK_RC(zc_recv(r, buf, sizeof buf, 0, &id), 2, 0);
+    CHECK_RC(free_one(r, id), 0, 0);
+    close(r);
+    close(fd);
+    return 0;
+}
+
 static int case_init(int via_epoll) {
     need_api();
     unsigned char c[PYXLIO_USER_ALLOC_CMSG_SPACE + 16];
@@ -1321,6 +1352,7 @@ static const struct { const char *name; int (*fn)(void); } CASES[] = {
     {"fork", case_fork},
     {"threads", case_threads},
     {"passthrough", case_passthrough},
+    {"init-reentrant", case_init_reentrant},
 };
 
 static int case_init_socket(void) { return case_init(0); }

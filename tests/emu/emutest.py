@@ -138,6 +138,7 @@ CASES: list[tuple[str, dict[str, str], int]] = [
     ("discover-361", {"PYXLIO_EMU_LAYOUT": "3.61"}, 0),
     ("init-socket", {"XLIO_MEMORY_LIMIT": "1048576"}, 0),
     ("init-epoll", {"XLIO_MEMORY_LIMIT": "1048576"}, 0),
+    ("init-reentrant", {"XLIO_MEMORY_LIMIT": "1048576"}, 0),
     ("zcopy-udp", {}, 0),
     ("zcopy-frags", {"PYXLIO_EMU_FRAG_SIZE": "64"}, 0),
     ("zcopy-eagain", {}, 0),

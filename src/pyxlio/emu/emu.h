@@ -229,6 +229,7 @@ enum { EMU_ROLE_TCP_SERVER, EMU_ROLE_TCP_CLIENT, EMU_ROLE_UDP_SENDER, EMU_ROLE_U
 EMU_HIDDEN int emu_rule_add(const char *line);       /* 0 ok, 1 syntax error (poisoned) */
 EMU_HIDDEN void emu_rules_load_file(const char *path);
 EMU_HIDDEN uint64_t emu_rules_seq(void);
+EMU_HIDDEN void emu_rules_fork_child(void);
 /* 1 if a rule says `use os` (first match wins among rules with seq <= upto) */
 EMU_HIDDEN int emu_rules_use_os(int role, const struct sockaddr *first, const struct sockaddr *second,
                                 uint64_t upto);

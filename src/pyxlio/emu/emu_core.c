@@ -180,13 +180,20 @@ static void atfork_child(void) {
     emu_pid = getpid();
     emu_pool_fork_child();
     emu_sock_fork_child();
+    emu_rules_fork_child();
     atomic_store(&emu_nviolations, 0);
     emu_vlog("fork: child %d drops the parent's outstanding packets", (int)emu_pid);
 }
 
 /* ---- init ------------------------------------------------------------------------------- */
+/* Set while this thread runs the init: a socket() or epoll_create() made from inside it (e.g.
+ * by the user allocator) must not wait for the init it is part of. */
+static __thread int t_in_init;
+
 void emu_init(void) {
     if (EMU_LIKELY(atomic_load_explicit(&emu_inited, memory_order_acquire))) return;
+    if (t_in_init) return;
+    t_in_init = 1;
     pthread_mutex_lock(&g_init_mu);
     if (!atomic_load_explicit(&emu_inited, memory_order_relaxed)) {
         int saved = errno;
@@ -214,6 +221,7 @@ void emu_init(void) {
         errno = saved;
     }
     pthread_mutex_unlock(&g_init_mu);
+    t_in_init = 0;
 }
 
 __attribute__((constructor)) static void emu_ctor(void) {

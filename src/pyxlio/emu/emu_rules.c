@@ -194,6 +194,8 @@ void emu_rules_load_file(const char *path) {
     fclose(f);
 }
 
+void emu_rules_fork_child(void) { pthread_mutex_init(&g_rules_mu, NULL); }
+
 uint64_t emu_rules_seq(void) {
     pthread_mutex_lock(&g_rules_mu);
     uint64_t s = g_seq;
