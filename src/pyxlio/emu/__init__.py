@@ -45,6 +45,26 @@ zero-copy packets not yet freed, ``held`` the packets a callback kept (HOLD) not
 New fields may be appended at the end of the line.
 
 Other diagnostics are single lines starting with ``pyxlio-emu: ``.
+
+Behaviour worth knowing (beyond the real library's contract):
+
+- Packet ids are addresses of emulator-owned descriptors, checked before use; freed
+  descriptors are reused in FIFO order, so a stale id (double free, packet of a closed socket)
+  finds its descriptor free and gets -1/ENOENT instead of freeing a newer packet.  A
+  ``free_packets`` call with some bad entries frees the good ones and returns -1/ENOENT.
+- A datagram is received with one ``recvmsg`` into up to 7 pool buffers plus a per-thread
+  scratch area; only datagrams of more than 7 fragments are copied once more (their tail).
+- Sockets with a receive callback or a feed keep a user-space queue; poll/ppoll/select/
+  pselect/epoll report them readable iff a receive call would return data now.  For such
+  sockets epoll is level-triggered even for ``EPOLLET``/``EPOLLONESHOT`` registrations, and
+  ``recvmmsg`` waits for the first datagram only (``MSG_WAITFORONE``; its timeout is ignored).
+- Callbacks run on UDP sockets only (``register_recv_callback`` on TCP: -1/EINVAL).
+- The registered allocator's ``free`` is never called (the real library may also never call
+  it, and a Python allocator may be gone at exit).
+- Rules only turn offload off (``use os``); a socket created with thread offload off stays a
+  kernel socket whatever the rules say.
+- In a forked child the parent's outstanding packets are not the child's: freeing one gives
+  -1/ENOENT and the child's leak report ignores them.
 """
 
 from __future__ import annotations

@@ -147,7 +147,10 @@ emu_spare_t *emu_spare(void) {
         pthread_once(&g_spare_once, spare_key_init);
         sp = calloc(1, sizeof *sp);
         if (!sp) return NULL;
-        sp->cap = emu_pool.maxfrag;
+        /* enough for the largest datagram, but never more than 1/16 of a small pool, so that
+         * idle threads' spares cannot starve the others (short spares peek the size first) */
+        uint32_t share = emu_pool.nbuf / 16 ? emu_pool.nbuf / 16 : 1;
+        sp->cap = emu_pool.maxfrag < share ? emu_pool.maxfrag : share;
         sp->idx = calloc(sp->cap, sizeof *sp->idx);
         sp->iov = calloc(sp->cap, sizeof *sp->iov);
         sp->scratch = sp->cap > EMU_DIRECT_FRAGS + 1 ? malloc(EMU_MAX_DGRAM) : NULL;

@@ -265,7 +265,7 @@ int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi, int want_src) {
         m.msg_iov = sp->iov;
         m.msg_iovlen = sp->cnt;
     }
-    if (EMU_UNLIKELY(sp->cnt < sp->cap)) {
+    if (EMU_UNLIKELY(sp->cnt < emu_pool.maxfrag)) {
         /* not enough spare buffers for the largest datagram: learn this one's size first */
         struct msghdr pm;
         memset(&pm, 0, sizeof pm);
