@@ -74,6 +74,19 @@ def build_check(out: str, extra: list[str] | None = None) -> str:
     return out
 
 
+def ensure_built() -> str:
+    """``pyxlio.emu.library_path()``, building the library in place first (as
+    ``setup.py build_ext --inplace`` would) when a source checkout has not been built."""
+    emu = load_emu()
+    try:
+        return str(emu.library_path())
+    except FileNotFoundError:
+        if not os.path.isdir(EMU_SRC) or gcc() is None or emu.__file__ is None:
+            raise
+        build_emu(os.path.join(os.path.dirname(os.path.abspath(emu.__file__)), "libxlio_emu.so"))
+        return str(emu.library_path())
+
+
 def library(tmpdir: str) -> str:
     """The built emulator (``pyxlio.emu.library_path()``), or a copy built into tmpdir."""
     emu = load_emu()
