@@ -528,3 +528,36 @@ def test_strict_emulator_fails_a_program_that_leaks() -> None:
     proc = run_python(code, env=emu.environ(strict=True))
     assert proc.returncode != 0
     assert "never freed" in proc.stderr or "leak" in proc.stderr.lower()
+
+
+def test_readiness_driven_tcp_loop_never_stalls(provider: str) -> None:
+    """Nothing pyxlio received may sit where poll() cannot see it: a select-driven loop of
+    recvfrom_zcopy gets the whole stream."""
+    import selectors
+
+    from pyxlio.socket import create_connection, create_server
+
+    server = create_server(("127.0.0.1", 0))
+    client = create_connection(server.getsockname(), timeout=5)
+    conn, _ = server.accept()
+    conn.setblocking(False)
+    payload = os.urandom(400_000)
+    sender = threading.Thread(target=lambda: (client.sendall(payload), client.close()))
+    sender.start()
+    got = bytearray()
+    with selectors.DefaultSelector() as sel:
+        sel.register(conn, selectors.EVENT_READ)
+        while True:
+            assert sel.select(5), f"stalled after {len(got)} of {len(payload)} bytes"
+            try:
+                pkt = conn.recvfrom_zcopy()
+            except BlockingIOError:
+                continue
+            if pkt is None:
+                break
+            with pkt:
+                got += pkt.tobytes()
+    sender.join()
+    assert bytes(got) == payload and conn.outstanding == 0
+    conn.close()
+    server.close()

@@ -62,6 +62,8 @@ cdef struct slot_t:
     uint32_t nfrags
     uint32_t frag_index        # first fragment in store.frags when nfrags > 1
     uint32_t flags
+    uint32_t id_count          # XLIO packets behind this slot: 1, or more for a merged stream read
+    uint32_t id_index          # their ids in store.ids when id_count > 1
     uint32_t exports           # live buffer exports of this datagram (any Python object)
     socklen_t addrlen
     char addr[ADDR_BYTES]
@@ -79,6 +81,9 @@ cdef struct store_t:
     size_t copycap, copyused
     iovec *frags
     size_t fragcap, fragused
+    void **ids                 # packet ids of merged slots
+    size_t idcap, idused
+    size_t freecap             # entries in `frees`
     mmsghdr *msgs              # kernel path (recvmmsg), built for `slot_size` strides
     iovec *msg_iov
     size_t slot_size
@@ -99,7 +104,7 @@ cdef store_t *store_new(Py_ssize_t cap) noexcept nogil:
 cdef void store_del(store_t *st) noexcept nogil:
     if st == NULL:
         return
-    free(st.slots); free(st.lens); free(st.frees); free(st.copybuf); free(st.frags)
+    free(st.slots); free(st.lens); free(st.frees); free(st.copybuf); free(st.frags); free(st.ids)
     free(st.msgs); free(st.msg_iov)
     free(st)
 
@@ -117,10 +122,6 @@ cdef int store_reserve(store_t *st, Py_ssize_t cap) noexcept nogil:
     if p == NULL:
         return -1
     st.lens = <uint32_t *>p
-    p = realloc(st.frees, cap * sizeof(free_ent_t))
-    if p == NULL:
-        return -1
-    st.frees = <free_ent_t *>p
     st.cap = cap
     free(st.msgs); free(st.msg_iov)
     st.msgs = NULL; st.msg_iov = NULL; st.slot_size = 0
@@ -161,6 +162,34 @@ cdef int store_frag_room(store_t *st, size_t need) noexcept nogil:
     return 0
 
 
+cdef int store_id_room(store_t *st, size_t need) noexcept nogil:
+    cdef size_t cap
+    cdef void *p
+    if st.idused + need <= st.idcap:
+        return 0
+    cap = st.idcap * 2 if st.idcap else 64
+    while cap < st.idused + need:
+        cap *= 2
+    p = realloc(st.ids, cap * sizeof(void *))
+    if p == NULL:
+        return -1
+    st.ids = <void **>p
+    st.idcap = cap
+    return 0
+
+
+cdef int store_free_room(store_t *st, size_t need) noexcept nogil:
+    cdef void *p
+    if need <= st.freecap:
+        return 0
+    p = realloc(st.frees, need * sizeof(free_ent_t))
+    if p == NULL:
+        return -1
+    st.frees = <free_ent_t *>p
+    st.freecap = need
+    return 0
+
+
 cdef int store_kernel_arrays(store_t *st, Py_ssize_t count, size_t slot_size) noexcept nogil:
     """recvmmsg headers for `count` slots of `slot_size` bytes each in copybuf."""
     cdef Py_ssize_t i
@@ -198,6 +227,8 @@ cdef inline void slot_clear(slot_t *s) noexcept nogil:
     s.nfrags = 1
     s.frag_index = 0
     s.flags = 0
+    s.id_count = 1
+    s.id_index = 0
     s.exports = 0
     s.addrlen = 0
 
@@ -210,7 +241,9 @@ cdef Py_ssize_t fill_zcopy(const xlio_ops_t *ops, int fd, int sotype, store_t *s
                            Py_ssize_t maxp, int flags0, int *err) noexcept nogil:
     """recvfrom_zcopy until `maxp` packets, the first call honouring flags0 (blocking or not),
     the rest with MSG_DONTWAIT.  Zero-copy results are walked with the real stride; copied
-    results (data that came through the kernel) are kept in the store's copy area."""
+    results (data that came through the kernel) are kept in the store's copy area.  A stream
+    read that returns several packets when one is asked for (maxp == 1, recvfrom_zcopy) becomes
+    one slot whose fragments are all of theirs: nothing is left queued out of poll()'s sight."""
     cdef char landing[LANDING]
     cdef Py_ssize_t n = 0
     cdef int flags, rc
@@ -232,6 +265,11 @@ cdef Py_ssize_t fill_zcopy(const xlio_ops_t *ops, int fd, int sotype, store_t *s
             return n if n > 0 else -1
         if (flags & PYXLIO_MSG_XLIO_ZCOPY) and (rc > 0 or hdr.n_packet_num > 0):
             npk = hdr.n_packet_num
+            if npk > 1 and maxp == 1 and sotype == SOCK_STREAM:
+                if merge_stream_read(st, hdr, npk, addr, addrlen) != 0:
+                    err[0] = ENOMEM
+                    return -1
+                return 1
             if store_reserve(st, n + <Py_ssize_t>npk) != 0:
                 err[0] = ENOMEM   # cannot happen with sane sizes; the packets stay unfreed
                 return n if n > 0 else -1
@@ -286,6 +324,40 @@ cdef Py_ssize_t fill_zcopy(const xlio_ops_t *ops, int fd, int sotype, store_t *s
     return n
 
 
+cdef int merge_stream_read(store_t *st, pyxlio_zc_packets_t *hdr, size_t npk, const char *addr,
+                           socklen_t addrlen) noexcept nogil:
+    """Slot 0 := every packet of one stream read, fragments in order, ids kept for the free."""
+    cdef pyxlio_zc_packet_t *p = pyxlio_zc_first(hdr)
+    cdef slot_t *s = &st.slots[0]
+    cdef size_t k, j, nfr = 0, total = 0
+    cdef pyxlio_zc_packet_t *q = p
+    for k in range(npk):
+        nfr += q.sz_iov
+        q = pyxlio_zc_next(q)
+    if store_frag_room(st, nfr) != 0 or store_id_room(st, npk) != 0:
+        return -1
+    slot_clear(s)
+    s.flags = SLOT_ZC
+    s.frag_index = <uint32_t>st.fragused
+    s.id_index = <uint32_t>st.idused
+    s.id_count = <uint32_t>npk
+    s.nfrags = <uint32_t>nfr
+    s.addrlen = addrlen if addrlen <= ADDR_BYTES else ADDR_BYTES
+    memcpy(s.addr, addr, s.addrlen)
+    for k in range(npk):
+        st.ids[st.idused + k] = p.packet_id
+        for j in range(p.sz_iov):
+            st.frags[st.fragused].iov_base = pyxlio_zc_iov_base(p, j)
+            st.frags[st.fragused].iov_len = pyxlio_zc_iov_len(p, j)
+            total += st.frags[st.fragused].iov_len
+            st.fragused += 1
+        p = pyxlio_zc_next(p)
+    s.packet_id = st.ids[s.id_index]
+    s.data = <char *>st.frags[s.frag_index].iov_base if nfr else NULL
+    st.lens[0] = <uint32_t>total
+    return 0
+
+
 cdef Py_ssize_t fill_kernel(int fd, int sotype, store_t *st, Py_ssize_t maxp, int flags0,
                             size_t slot_size, int *err) noexcept nogil:
     """No XLIO: recvmmsg (UDP) or one recv (TCP) straight into the store's buffers."""
@@ -331,16 +403,28 @@ cdef int free_slots(const xlio_ops_t *ops, int fd, store_t *st, Py_ssize_t lo, P
                     bint call, int *err) noexcept nogil:
     """Mark every zero-copy slot in [lo, hi) freed and return them to XLIO in one call
     (entries with sz_iov = 0, 16-byte stride).  Returns how many were freed, -1 on error."""
-    cdef Py_ssize_t i, count = 0
+    cdef Py_ssize_t i, count = 0, need = 0
+    cdef uint32_t k
     cdef slot_t *s
     err[0] = 0
+    for i in range(lo, hi):
+        need += st.slots[i].id_count
+    if store_free_room(st, <size_t>need) != 0:
+        err[0] = ENOMEM      # leaves them held: better a leak report than a wrong free
+        return -1
     for i in range(lo, hi):
         s = &st.slots[i]
         if (s.flags & SLOT_ZC) and not (s.flags & SLOT_FREED):
             s.flags |= SLOT_FREED
-            st.frees[count].packet_id = s.packet_id
-            st.frees[count].sz_iov = 0
-            count += 1
+            if s.id_count == 1:
+                st.frees[count].packet_id = s.packet_id
+                st.frees[count].sz_iov = 0
+                count += 1
+            else:
+                for k in range(s.id_count):
+                    st.frees[count].packet_id = st.ids[s.id_index + k]
+                    st.frees[count].sz_iov = 0
+                    count += 1
     if count == 0 or not call or ops.free_packets == NULL:
         return <int>count
     if ops.free_packets(fd, <pyxlio_zc_packet_t *>st.frees, <size_t>count) != 0:
@@ -488,8 +572,6 @@ cdef class SocketEngine:
     cdef bint cb_registered
     cdef readonly bint closed
     cdef int owned_fd             # fd this engine closes when it dies (socket finalized early)
-    cdef PacketBatch pending      # TCP chunks received together, served one per recvfrom_zcopy
-    cdef Py_ssize_t pending_next
 
     def __cinit__(self, int fd, int family, int sotype):
         self.fd = fd
@@ -569,6 +651,7 @@ cdef class SocketEngine:
                 st.n = 0
                 st.eof = False
                 st.fragused = 0
+                st.idused = 0
                 if st.msgs == NULL:
                     st.copyused = 0
                 return st
@@ -710,11 +793,6 @@ cdef class SocketEngine:
             self.raise_callback_errors()
         cdef store_t *st = self.take_store(max_packets)
         cdef Py_ssize_t n
-        if self.pending is not None:
-            n = self.move_pending(st, max_packets)
-            if n > 0:
-                st.n = n
-                return self.make_batch(st, n)
         try:
             n = self.receive(st, max_packets, t, 0)
         except BaseException:
@@ -727,63 +805,10 @@ cdef class SocketEngine:
         # raising now would lose them.
         return self.make_batch(st, n)
 
-    cdef Py_ssize_t move_pending(self, store_t *dst, Py_ssize_t maxp) except -1:
-        """Move the TCP chunks still queued by recvfrom_zcopy into `dst`, so that a recv_batch
-        keeps the stream in order.  Their ownership moves with them (never freed twice)."""
-        cdef PacketBatch src = self.pending
-        cdef store_t *st
-        cdef slot_t *s
-        cdef slot_t *d
-        cdef Py_ssize_t n = 0, i
-        cdef uint32_t k
-        if src.released:
-            self.pending = None
-            return 0
-        st = src.st
-        i = self.pending_next
-        while i < src.n and n < maxp:
-            s = &st.slots[i]
-            d = &dst.slots[n]
-            d[0] = s[0]
-            dst.lens[n] = st.lens[i]
-            if s.nfrags > 1:
-                if store_frag_room(dst, s.nfrags) != 0:
-                    raise MemoryError()
-                d.frag_index = <uint32_t>dst.fragused
-                for k in range(s.nfrags):
-                    dst.frags[dst.fragused + k] = st.frags[s.frag_index + k]
-                dst.fragused += s.nfrags
-            if not (s.flags & SLOT_ZC):
-                if store_copy_room(dst, st.lens[i]) != 0:
-                    raise MemoryError()
-                memcpy(dst.copybuf + dst.copyused, st.copybuf + s.data_off, st.lens[i])
-                d.data_off = dst.copyused
-                dst.copyused += st.lens[i]
-            if (s.flags & SLOT_ZC) and not (s.flags & SLOT_FREED):
-                s.flags |= SLOT_FREED            # owned by the new batch from now on
-                src.live -= 1
-                self.outstanding -= 1            # make_batch counts it again
-            n += 1
-            i += 1
-        self.pending_next = i
-        if i >= src.n:
-            self.pending = None
-            if src.live == 0:
-                src.finish(True)
-        return n
-
     def recvfrom_zcopy(self, int flags=0, bint force=False) -> Packet:
         self.check_open()
         if self.cb_errors:
             self.raise_callback_errors()
-        cdef PacketBatch pend = self.pending
-        if pend is not None:
-            if not pend.released and self.pending_next < pend.n:
-                self.pending_next += 1
-                if self.pending_next == pend.n:
-                    self.pending = None
-                return pend.packet(self.pending_next - 1)
-            self.pending = None
         if force:
             if not self.zc:
                 raise XlioNotLoadedError(
@@ -810,11 +835,7 @@ cdef class SocketEngine:
             raise TimeoutError("timed out")
         b = self.make_batch(st, n)
         b.standalone = True
-        pkt = b.packet(0)
-        if n > 1:    # TCP handed several chunks at once: the next calls serve the rest, in order
-            self.pending = b
-            self.pending_next = 1
-        return pkt
+        return b.packet(0)
 
     # -- callbacks ----------------------------------------------------------------------------
     cdef int register(self) except -1:
@@ -976,7 +997,6 @@ cdef class SocketEngine:
             raise BufferError(f"cannot close the socket: {self.exports} memoryview(s) of its "
                               "packets are still exported (release them first)")
         cdef int count = 0
-        self.pending = None
         while self.head != NULL:
             (<PacketBatch>self.head).release()
             count += 1
