@@ -15,6 +15,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -420,6 +421,9 @@ static int case_zcopy_frags(void) {
     return 0;
 }
 
+static volatile sig_atomic_t g_alarms;
+static void on_alarm(int sig) { (void)sig; g_alarms++; }
+
 static int case_zcopy_eagain(void) {
     need_api();
     struct sockaddr_in a;
@@ -442,6 +446,16 @@ static int case_zcopy_eagain(void) {
     CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), -1, EAGAIN);
     double dt = now_s() - t0;
     CHECK(dt > 0.1 && dt < 5, "waited %.3f s", dt);
+    /* EINTR comes back to the caller */
+    struct timeval none = {0, 0};
+    setsockopt(r, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    ualarm(100000, 0);
+    flags = 0;
+    CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), -1, EINTR);
     close(r);
     return 0;
 }
@@ -888,6 +902,26 @@ static int case_callback(void) {
     double dt = now_s() - t0;
     CHECK(dt > 0.15, "returned after %.3f s", dt);
     CHECK_RC(recv(r, buf, sizeof buf, MSG_DONTWAIT), -1, EAGAIN);
+    /* O_NONBLOCK with only a dropped datagram pending */
+    send_to(s, &a, "Drop", 4);
+    usleep(10000);
+    int ofl = fcntl(r, F_GETFL);
+    CHECK(fcntl(r, F_SETFL, ofl | O_NONBLOCK) == 0, "O_NONBLOCK");
+    CHECK_RC(recv(r, buf, sizeof buf, 0), -1, EAGAIN);
+    CHECK(fcntl(r, F_SETFL, ofl) == 0, "blocking again");
+    /* a signal without SA_RESTART interrupts the wait: EINTR, never retried inside */
+    struct timeval none = {0, 0};
+    setsockopt(r, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    send_to(s, &a, "Drop", 4);
+    ualarm(150000, 0);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), -1, EINTR);
+    ualarm(150000, 0);
+    CHECK_RC(zc_recv(r, buf, sizeof buf, 0, NULL), -1, EINTR);
+    CHECK(g_alarms == 2, "alarms %d", g_alarms);
     /* unregister: back to the plain path */
     CHECK_RC(api->register_recv_callback(r, NULL, NULL), 0, 0);
     int calls = c.calls;
