@@ -561,3 +561,32 @@ def test_readiness_driven_tcp_loop_never_stalls(provider: str) -> None:
     assert bytes(got) == payload and conn.outstanding == 0
     conn.close()
     server.close()
+
+
+def test_packets_and_their_batch_released_from_many_threads_at_once(provider: str,
+                                                                    udp_pair) -> None:
+    """Each buffer goes back exactly once (a double free fails the strict emulator pass)."""
+    rx, tx, addr = udp_pair
+    rx.set_receive_buffer(4 << 20)
+    for _ in range(40):
+        for i in range(32):
+            tx.sendto(b"r%03d" % i, addr)
+        batch = rx.recv_batch(32, timeout=2)
+        assert len(batch) == 32
+        packets = list(batch)
+        barrier = threading.Barrier(5)
+
+        def release(part: list[object]) -> None:
+            barrier.wait(5)
+            for p in part:
+                p.release()
+
+        threads = [threading.Thread(target=release, args=(packets[k::4],)) for k in range(4)]
+        for t in threads:
+            t.start()
+        barrier.wait(5)
+        batch.release()
+        for t in threads:
+            t.join(5)
+        assert batch.released and all(p.released for p in packets)
+    assert rx.outstanding == 0

@@ -399,38 +399,37 @@ cdef Py_ssize_t fill_kernel(int fd, int sotype, store_t *st, Py_ssize_t maxp, in
     return n
 
 
-cdef int free_slots(const xlio_ops_t *ops, int fd, store_t *st, Py_ssize_t lo, Py_ssize_t hi,
-                    bint call, int *err) noexcept nogil:
-    """Mark every zero-copy slot in [lo, hi) freed and return them to XLIO in one call
-    (entries with sz_iov = 0, 16-byte stride).  Returns how many were freed, -1 on error."""
-    cdef Py_ssize_t i, count = 0, need = 0
+cdef Py_ssize_t ids_to_free(store_t *st, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """How many XLIO packet ids the not-yet-freed zero-copy slots of [lo, hi) hold."""
+    cdef Py_ssize_t i, need = 0
+    for i in range(lo, hi):
+        if (st.slots[i].flags & SLOT_ZC) and not (st.slots[i].flags & SLOT_FREED):
+            need += st.slots[i].id_count
+    return need
+
+
+cdef Py_ssize_t collect_frees(store_t *st, Py_ssize_t lo, Py_ssize_t hi,
+                              free_ent_t *out) noexcept nogil:
+    """Mark the zero-copy slots of [lo, hi) freed and write their ids to `out` as
+    recvfrom_zcopy_free_packets entries (sz_iov = 0, 16-byte stride).  Call with the GIL held:
+    the marking is what makes every id go to XLIO exactly once, whatever the threads do."""
+    cdef Py_ssize_t i, count = 0
     cdef uint32_t k
     cdef slot_t *s
-    err[0] = 0
-    for i in range(lo, hi):
-        need += st.slots[i].id_count
-    if store_free_room(st, <size_t>need) != 0:
-        err[0] = ENOMEM      # leaves them held: better a leak report than a wrong free
-        return -1
     for i in range(lo, hi):
         s = &st.slots[i]
         if (s.flags & SLOT_ZC) and not (s.flags & SLOT_FREED):
             s.flags |= SLOT_FREED
             if s.id_count == 1:
-                st.frees[count].packet_id = s.packet_id
-                st.frees[count].sz_iov = 0
+                out[count].packet_id = s.packet_id
+                out[count].sz_iov = 0
                 count += 1
             else:
                 for k in range(s.id_count):
-                    st.frees[count].packet_id = st.ids[s.id_index + k]
-                    st.frees[count].sz_iov = 0
+                    out[count].packet_id = st.ids[s.id_index + k]
+                    out[count].sz_iov = 0
                     count += 1
-    if count == 0 or not call or ops.free_packets == NULL:
-        return <int>count
-    if ops.free_packets(fd, <pyxlio_zc_packet_t *>st.frees, <size_t>count) != 0:
-        err[0] = errno
-        return -1
-    return <int>count
+    return count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1096,12 +1095,20 @@ cdef class PacketBatch:
         cdef int err = 0, rc = 0
         cdef bint call = self.gen == fork_generation() and not self.engine.closed
         cdef SocketEngine e = self.engine
+        cdef Py_ssize_t count
         if self.released:
             return 0
         self.released = True
         if self.st != NULL and self.live > 0:
-            with nogil:
-                rc = free_slots(e.ops, e.fd, self.st, 0, self.n, call, &err)
+            if store_free_room(self.st, <size_t>ids_to_free(self.st, 0, self.n)) != 0:
+                raise MemoryError()
+            count = collect_frees(self.st, 0, self.n, self.st.frees)
+            if call and count > 0:
+                with nogil:
+                    rc = e.ops.free_packets(e.fd, <pyxlio_zc_packet_t *>self.st.frees,
+                                            <size_t>count)
+                    if rc != 0:
+                        err = errno
             e.outstanding -= self.live
             self.live = 0
         if not self.borrowed:
@@ -1118,12 +1125,26 @@ cdef class PacketBatch:
         cdef SocketEngine e = self.engine
         cdef bint call = self.gen == fork_generation() and not e.closed
         cdef slot_t *s = &self.st.slots[i]
+        cdef free_ent_t one
+        cdef free_ent_t *ents = &one
+        cdef Py_ssize_t count
         if not (s.flags & SLOT_ZC) or (s.flags & SLOT_FREED):
             if self.standalone and self.exports == 0:
                 self.finish(False)
             return 0
-        with nogil:
-            rc = free_slots(e.ops, e.fd, self.st, i, i + 1, call, &err)
+        # Its own entries (not the store's, which a concurrent batch.release() may be using).
+        if s.id_count > 1:
+            ents = <free_ent_t *>malloc(s.id_count * sizeof(free_ent_t))
+            if ents == NULL:
+                raise MemoryError()
+        count = collect_frees(self.st, i, i + 1, ents)
+        if call and count > 0:
+            with nogil:
+                rc = e.ops.free_packets(e.fd, <pyxlio_zc_packet_t *>ents, <size_t>count)
+                if rc != 0:
+                    err = errno
+        if ents != &one:
+            free(ents)
         self.live -= 1
         e.outstanding -= 1
         if self.live == 0 and self.exports == 0:
