@@ -312,3 +312,39 @@ def test_bad_allocator_environment_warns() -> None:
                       env=dict(emu.environ(), PYXLIO_ALLOCATOR="gigantic"))
     assert proc.returncode == 0, proc.stderr
     assert "PYXLIO_ALLOCATOR" in proc.stderr and proc.stdout.strip() == "False"
+
+
+# -- closed sockets and descriptors that are not sockets -------------------------------------
+
+def test_socket_level_calls_on_a_closed_socket(provider: str, make_socket) -> None:
+    s = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    s.close()
+    for call in (s.stats, s.rings, lambda: pyxlio.socket_rings(s)):
+        with pytest.raises((ValueError, OSError)):
+            call()
+    with pytest.raises(OSError):
+        s.set_recv_callback(lambda v, i: 1)
+    with pytest.raises(OSError):
+        s.set_recv_filter(0, b"x")
+    with pytest.raises(OSError):
+        s.send_dummy(b"x", ("127.0.0.1", 9))
+
+
+@pytest.mark.xlio
+def test_socket_rings_of_a_descriptor_that_is_not_a_socket(provider: str) -> None:
+    r, w = os.pipe()
+    try:
+        with pytest.raises(pyxlio.XlioError):
+            pyxlio.socket_rings(r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.xlio
+def test_callbacks_on_a_socket_xlio_does_not_offload(provider: str, make_socket) -> None:
+    with pyxlio.offload(False):
+        s = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    with pytest.raises(pyxlio.XlioError, match="not offloaded"):
+        s.set_recv_callback(lambda v, i: 1)
+    assert s.offloaded is False
