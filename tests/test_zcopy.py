@@ -208,9 +208,15 @@ def test_closed_socket_refuses(provider: str, make_socket) -> None:
 
 def test_force(provider: str, udp_pair, make_socket) -> None:
     rx, tx, addr = udp_pair
+    with pytest.raises(ValueError, match="MSG_ZCOPY"):
+        rx.recvfrom_zcopy(pyxlio.MSG_ZCOPY)
+    with pytest.raises(ValueError):
+        rx.recvfrom_zcopy(-1)
     if provider == "kernel":
         with pytest.raises(pyxlio.XlioNotLoadedError):
             rx.recvfrom_zcopy(force=True)
+        with pytest.raises(pyxlio.XlioNotLoadedError):
+            rx.recvfrom_zcopy(pyxlio.MSG_ZCOPY_FORCE)   # never handed to the kernel
         return
     tx.sendto(b"zc", addr)
     with rx.recvfrom_zcopy(force=True) as pkt:

@@ -806,6 +806,11 @@ cdef class SocketEngine:
 
     def recvfrom_zcopy(self, int flags=0, bint force=False) -> Packet:
         self.check_open()
+        if flags < 0 or flags & PYXLIO_MSG_XLIO_ZCOPY:
+            raise ValueError(f"flags {flags:#x}: MSG_ZCOPY is set by XLIO on output, never passed in")
+        if flags & PYXLIO_MSG_XLIO_ZCOPY_FORCE:      # the flag spelled out: same as force=True
+            force = True
+            flags &= ~PYXLIO_MSG_XLIO_ZCOPY_FORCE
         if self.cb_errors:
             self.raise_callback_errors()
         if force:
