@@ -1069,10 +1069,16 @@ static int case_rules(void) {
     CHECK_RC(api->add_conf_rule("use os udp_receiver 127.0.0.1:40001\n"), 0, 0);
     CHECK_RC(api->add_conf_rule("use vma udp_receiver 127.0.0.0/8:40002-40003"), 0, 0);
     CHECK_RC(api->add_conf_rule("use os udp_receiver *:40003"), 0, 0); /* head: wins over vma */
-    CHECK_RC(api->add_conf_rule("use * tcp_client *:*:127.0.0.1:40010"), 0, 0);
-    CHECK_RC(api->add_conf_rule("use os udp_connect *:*:127.0.0.1:40020"), 0, 0);
+    /* client roles name the remote address first, then (optionally) the local one */
+    CHECK_RC(api->add_conf_rule("use * tcp_client 127.0.0.1:40010:*:*"), 0, 0);
+    CHECK_RC(api->add_conf_rule("use os udp_connect 127.0.0.1:40020"), 0, 0);
+    CHECK_RC(api->add_conf_rule("use os udp_connect 127.0.0.1:40022:127.0.0.1:1-1023"), 0, 0);
+    /* sdp / sa rules are never matched: the older os rule still decides for 40007 */
+    CHECK_RC(api->add_conf_rule("use os udp_receiver *:40007"), 0, 0);
+    CHECK_RC(api->add_conf_rule("use sdp udp_receiver *:40007"), 0, 0);
     CHECK_RC(api->add_conf_rule("use os tcp_server *:40030"), 0, 0);
-    struct { const char *port; int os; } cases[] = {{"40001", 1}, {"40002", 0}, {"40003", 1}, {"40004", 0}};
+    struct { const char *port; int os; } cases[] = {{"40001", 1}, {"40002", 0}, {"40003", 1}, {"40004", 0},
+                                                    {"40007", 1}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int r = udp_sock(0);
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(cases[i].port)),
@@ -1084,7 +1090,7 @@ static int case_rules(void) {
         CHECK_RC(api->get_socket_rings_num(r), cases[i].os ? 0 : 1, 0);
         close(r);
     }
-    /* udp_connect (local, remote) */
+    /* udp_connect (remote[, local]) */
     int c = udp_sock(0);
     struct sockaddr_in d = {.sin_family = AF_INET, .sin_port = htons(40020), .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     CHECK(connect(c, (struct sockaddr *)&d, sizeof d) == 0, "connect");
@@ -1092,6 +1098,12 @@ static int case_rules(void) {
     close(c);
     c = udp_sock(0);
     d.sin_port = htons(40021);
+    CHECK(connect(c, (struct sockaddr *)&d, sizeof d) == 0, "connect");
+    CHECK_RC(send(c, "x", 1, PYXLIO_SND_FLAGS_DUMMY), 1, 0);
+    close(c);
+    /* 40022's rule also names the local port range 1-1023: an ephemeral local port misses it */
+    c = udp_sock(0);
+    d.sin_port = htons(40022);
     CHECK(connect(c, (struct sockaddr *)&d, sizeof d) == 0, "connect");
     CHECK_RC(send(c, "x", 1, PYXLIO_SND_FLAGS_DUMMY), 1, 0);
     close(c);

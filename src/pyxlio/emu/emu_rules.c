@@ -34,6 +34,7 @@ typedef struct {
 typedef struct {
     uint64_t seq;
     int os;
+    int ignored;  /* sdp / sa: transports XLIO does not provide; it never matches them */
     int role;
     int npairs;
     ap_match_t a[2];
@@ -101,10 +102,12 @@ static int parse_rule(const char *line, rule_t *r, char *err, size_t errlen) {
     }
     if (nt != 4) { snprintf(err, errlen, "expected 'use <transport> <role> <address>'"); return -1; }
     if (strcmp(tok[0], "use")) { snprintf(err, errlen, "a rule starts with 'use'"); return -1; }
+    r->ignored = 0;
     if (!strcmp(tok[1], "os")) r->os = 1;
-    else if (!strcmp(tok[1], "vma") || !strcmp(tok[1], "sdp") || !strcmp(tok[1], "sa") ||
-             !strcmp(tok[1], "*"))
+    else if (!strcmp(tok[1], "vma") || !strcmp(tok[1], "*"))
         r->os = 0;
+    else if (!strcmp(tok[1], "sdp") || !strcmp(tok[1], "sa"))
+        r->os = 0, r->ignored = 1;
     else { snprintf(err, errlen, "unknown transport '%s'", tok[1]); return -1; }
     static const char *const roles[] = {"tcp_server", "tcp_client", "udp_sender", "udp_receiver",
                                         "udp_connect"};
@@ -237,8 +240,11 @@ static int ap_match(const ap_match_t *m, const struct sockaddr *sa) {
     return k == 1 && (ip & m->ip.mask) == m->ip.addr;
 }
 
+/* `a` is matched against the rule's first pair, `b` (may be NULL) against its optional second.
+ * As in libxlio.conf: tcp_server / udp_receiver name the local address; udp_sender the
+ * destination; tcp_client / udp_connect the remote address first, then optionally the local. */
 static int rule_match(const rule_t *r, int role, const struct sockaddr *a, const struct sockaddr *b) {
-    if (r->role != role || r->seq == 0) return 0;
+    if (r->role != role || r->seq == 0 || r->ignored) return 0;
     if (!ap_match(&r->a[0], a)) return 0;
     if (r->npairs == 2 && b && !ap_match(&r->a[1], b)) return 0;
     return 1;

@@ -617,11 +617,12 @@ EMU_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
     if (s->offloaded && addr && len >= sizeof(sa_family_t) && addr->sa_family != AF_UNSPEC) {
         const struct sockaddr *l = (struct sockaddr *)&s->local;
         int os = 0;
+        /* client roles: the remote address is the rule's first pair, the local its second */
         if (s->is_udp)
-            os = emu_rules_use_os(EMU_ROLE_UDP_CONNECT, l, addr, s->rule_seq) ||
+            os = emu_rules_use_os(EMU_ROLE_UDP_CONNECT, addr, l, s->rule_seq) ||
                  emu_rules_use_os(EMU_ROLE_UDP_SENDER, addr, NULL, s->rule_seq);
         else if (s->is_tcp)
-            os = emu_rules_use_os(EMU_ROLE_TCP_CLIENT, l, addr, s->rule_seq);
+            os = emu_rules_use_os(EMU_ROLE_TCP_CLIENT, addr, l, s->rule_seq);
         if (os) {
             s->offloaded = 0;
             s->feed = 0;
