@@ -348,3 +348,22 @@ def test_callbacks_on_a_socket_xlio_does_not_offload(provider: str, make_socket)
     with pytest.raises(pyxlio.XlioError, match="not offloaded"):
         s.set_recv_callback(lambda v, i: 1)
     assert s.offloaded is False
+
+
+@pytest.mark.provider_independent
+def test_rules_use_the_keyword_the_layout_parses() -> None:
+    """libxlio <= 3.51 parses `vma`, the 3.60+ parsers `xlio`: pyxlio writes what each knows,
+    so the rule is accepted and the parser stays usable (a refused rule would poison it)."""
+    from pyxlio import emu
+
+    code = (
+        "import socket, pyxlio\n"
+        "pyxlio.add_conf_rule('use vma udp_receiver *:40101')\n"
+        "pyxlio.add_conf_rule('use xlio udp_receiver *:40102')\n"
+        "pyxlio.add_conf_rule('use os udp_receiver *:40103')\n"
+        "print(pyxlio.get_api().layout.name, 'ok')\n"
+    )
+    for layout, name in (("legacy", "LEGACY"), ("3.61", "V3_61")):
+        proc = run_python(code, env=emu.environ(strict=True, layout=layout))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [name, "ok"]

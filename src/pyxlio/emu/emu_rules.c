@@ -106,6 +106,8 @@ static int parse_rule(const char *line, rule_t *r, char *err, size_t errlen) {
     if (!strcmp(tok[1], "os")) r->os = 1;
     else if (!strcmp(tok[1], "vma") || !strcmp(tok[1], "*"))
         r->os = 0;
+    else if (!strcmp(tok[1], "xlio") && emu_conf.layout361)   /* the newer parsers' keyword */
+        r->os = 0;
     else if (!strcmp(tok[1], "sdp") || !strcmp(tok[1], "sa"))
         r->os = 0, r->ignored = 1;
     else { snprintf(err, errlen, "unknown transport '%s'", tok[1]); return -1; }
