@@ -291,3 +291,26 @@ def test_warm_up_helper_is_bounded(provider: str, udp_pair, make_socket) -> None
         time.sleep(0.3)
     assert 10 < warmer.sent <= 2000 * 0.3 * 1.5 + 10
     assert drain(rx, 0.1) == []
+
+
+@pytest.mark.provider_independent
+def test_dummy_send_refused_where_libxlio_removed_it() -> None:
+    """libxlio 3.60+ dropped dummy sends: flag 0x400 would reach a send path that no longer
+    knows it, so pyxlio refuses instead of risking a real send."""
+    from conftest import run_python
+    from pyxlio import emu
+
+    code = (
+        "import socket, pyxlio\n"
+        "from pyxlio.socket import socket as xs\n"
+        "s = xs(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "s.connect(('127.0.0.1', 9))\n"
+        "try:\n"
+        "    s.send_dummy(b'x')\n"
+        "except pyxlio.UnsupportedError as exc:\n"
+        "    print('refused:', exc)\n"
+        "s.close()\n"
+    )
+    proc = run_python(code, env=emu.environ(strict=True, layout="3.61"))
+    assert proc.returncode == 0, proc.stderr
+    assert "refused:" in proc.stdout and "3.60" in proc.stdout

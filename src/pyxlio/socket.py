@@ -22,8 +22,8 @@ from typing import Any
 
 from pyxlio import _api
 from pyxlio._zcopy import Packet, PacketBatch, RecvInfo, SocketEngine
-from pyxlio.constants import MSG_DUMMY, LogLevel, Verdict
-from pyxlio.errors import XlioError, XlioNotLoadedError
+from pyxlio.constants import MSG_DUMMY, Layout, LogLevel, Verdict
+from pyxlio.errors import UnsupportedError, XlioError, XlioNotLoadedError
 
 __all__ = [
     "MAX_DUMMY_RATE",
@@ -168,10 +168,16 @@ class socket(_stdsocket.socket):
 
     # -- dummy send -------------------------------------------------------------------------
     def _check_dummy(self, flags: int) -> None:
-        if flags & MSG_DUMMY and not _api.available():
+        if not flags & MSG_DUMMY:
+            return
+        api = _api.get_api()
+        if api is None:
             # Without XLIO the kernel would take 0x400 (MSG_SYN) and really send the data.
             raise XlioNotLoadedError("send", "MSG_DUMMY needs XLIO: without it the datagram "
                                      "would really be sent")
+        if api.layout is not Layout.LEGACY:
+            raise UnsupportedError("send", "dummy sends were removed in libxlio 3.60: this "
+                                   f"XLIO ({api.layout.versions} layout) would really send")
 
     def _dummy_error(self, exc: OSError) -> XlioError:
         return XlioError(exc.errno or 0, "XLIO refused the dummy send: the socket is not "
@@ -211,8 +217,6 @@ class socket(_stdsocket.socket):
     def send_dummy(self, data: Any, address: Any = None) -> int:
         """Send a "dummy" packet: XLIO walks the whole send path (keeping it warm in the
         caches) and the NIC drops the packet.  Needs XLIO and an offloaded socket."""
-        if not _api.available():
-            raise XlioNotLoadedError("send", "dummy sends need XLIO (none is loaded)")
         if address is None:
             return self.send(data, MSG_DUMMY)
         return self.sendto(data, MSG_DUMMY, address)
@@ -337,8 +341,7 @@ class DummySender:
             raise TypeError("DummySender needs a pyxlio.socket.socket")
         if not 0 < rate <= MAX_DUMMY_RATE:
             raise ValueError(f"rate must lie in (0, {MAX_DUMMY_RATE}] dummy packets a second")
-        if not _api.available():
-            raise XlioNotLoadedError("send", "dummy sends need XLIO (none is loaded)")
+        sock._check_dummy(MSG_DUMMY)
         self.sock, self.data, self.rate, self.address = sock, bytes(data), float(rate), address
         self.sent = 0
         self.error: BaseException | None = None
