@@ -1,0 +1,1048 @@
+#!/usr/bin/env python3
+"""pyxlio's benchmark runner: every figure, every ratio, one JSON file.
+
+    python bench/run.py --quick          # CI size, < 3 minutes
+    python bench/run.py                  # full
+    python bench/run.py --only feed,drain --out results.json
+
+Each configuration runs in a fresh interpreter (a *worker*: ``python bench/run.py --worker
+JSON``) with the environment it needs: under pyxlio's emulator with its in-memory feed, or with
+no XLIO at all (pyxlio's kernel path), pinned to one core.  The C references (``bench/c``:
+refloop.c, pxbench.c, built here with the C compiler into a cache directory) run in the same run,
+so every figure is given as a ratio to a C loop making the same calls.
+
+Sections (``--only``):
+
+feed      per-datagram cost on the emulator's in-memory feed (no system call per datagram):
+          stdlib recvfrom / recv_into / recvmsg_into, pyxlio recvfrom_zcopy + release,
+          recv_batch at 1, 16, 64, 256 (lengths / a memoryview each / a Packet each), the
+          receive callback; vs refloop's recvfrom / zcopy / zcopy-free-batch and pxbench cb.
+drain     loopback drain: the socket buffer is filled by a C sender first (SO_RCVBUFFORCE
+          1 GiB, the receiver idle), then emptied and timed: the receiver's own ceiling.  No
+          XLIO (pyxlio's recvmmsg path) and, in the full run, under the emulator; vs refloop's
+          recvmmsg(64) and recvfrom drains (and pxbench's recvmmsg asking source addresses,
+          as pyxlio's kernel path does).
+live      a C sender with UDP GSO (64 datagrams a send) at ~1.3 M datagrams/s on core 0, the
+          receiver on core 1; drops from the sender's count and /proc/net/snmp RcvbufErrors.
+pingpong  64-byte busy-poll ping-pong on loopback against a C server (pxbench pp-server):
+          ``python -m pyxlio.perf ping-pong --busy-poll`` vs pxbench's C client, median half-RTT.
+memory    RSS before and after ten million datagrams received from the feed.
+
+Ratios: ``speed_vs_c = c_ns / ns`` (1.0 = as fast as C, higher is faster) and its inverse
+``cost_vs_c = ns / c_ns`` (how many times C's cost).  Timing is reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+C_DIR = BENCH_DIR / "c"
+
+SO_RCVBUFFORCE = 33           # not in Python's socket module
+SO_MEMINFO = 55
+SK_MEMINFO_VARS = 9
+DRAIN_RCVBUF = 1 << 30        # as refloop --drain (the kernel doubles it)
+LIVE_RCVBUF = 8 << 20         # pyxlio.socket.multicast_receiver's default
+FEED_SIZES = (64, 200, 1024)
+DRAIN_SIZES = (64, 200, 1024)
+BATCH_SIZES = (1, 16, 64, 256)
+SENDER_CPU, RECEIVER_CPU = 0, 1
+#: Core the drain's fill runs on.  The fill is over before the timed drain starts, so the
+#: receiver's own core is used: skbs freed on another core than the one that allocated them
+#: go back through deferred frees and IPIs (native_write_msr in a VM), which added +-50%
+#: run-to-run noise unrelated to the receiver here.  --drain-sender-cpu changes it.
+DRAIN_SENDER_CPU = RECEIVER_CPU
+CALLBACK_EVERY = 64           # feed callback: DROP, except every 64th datagram (RECV)
+
+JSONDict = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment: where pyxlio is, the emulator, the C tools
+# ---------------------------------------------------------------------------------------------
+
+def _pyxlio_root() -> str:
+    """The directory pyxlio is imported from (the source tree's src/ when not installed)."""
+    try:
+        import pyxlio
+    except ImportError:
+        src = REPO / "src"
+        if (src / "pyxlio").is_dir():
+            sys.path.insert(0, str(src))
+            import pyxlio
+        else:
+            raise
+    return str(Path(pyxlio.__file__).resolve().parent.parent)
+
+
+def child_env(emu: bool, feed: str | None = None) -> dict[str, str]:
+    """Environment for a worker or a C tool: pyxlio importable, the emulator or no XLIO."""
+    root = _pyxlio_root()
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    for k in [k for k in env if k.startswith("PYXLIO_EMU_")]:
+        del env[k]
+    parts = [root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != root]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    if emu:
+        from pyxlio import emu as _emu
+
+        env = _emu.environ(feed=feed, base=env)
+    return env
+
+
+def feed_spec(base: int) -> str:
+    """The emulator's feed: one port per datagram size (base, base+1, ...)."""
+    return ",".join(f"{base + i}:{s}" for i, s in enumerate(FEED_SIZES))
+
+
+def feed_port(base: int, size: int) -> int:
+    return base + FEED_SIZES.index(size)
+
+
+def c_tools() -> dict[str, str]:
+    """Build refloop and pxbench (once per source version) and return their paths."""
+    import pyxlio
+
+    include = Path(pyxlio.__file__).resolve().parent / "include"
+    cc = os.environ.get("CC", "cc")
+    sources = {"refloop": C_DIR / "refloop.c", "pxbench": C_DIR / "pxbench.c"}
+    h = hashlib.sha256()
+    for p in [*sources.values(), include / "pyxlio" / "xlio_abi.h"]:
+        h.update(p.read_bytes())
+    h.update(cc.encode())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    out = cache / "pyxlio-bench" / h.hexdigest()[:16]
+    out.mkdir(parents=True, exist_ok=True)
+    tools = {}
+    for name, src in sources.items():
+        exe = out / name
+        if not exe.exists():
+            tmp = out / f".{name}.{os.getpid()}"
+            subprocess.run([cc, "-O2", "-std=gnu11", "-Wall", "-Wextra", f"-I{include}",
+                            "-o", str(tmp), str(src)], check=True)
+            os.replace(tmp, exe)
+        tools[name] = str(exe)
+    return tools
+
+
+def pin(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+
+
+def rcvbuf_errors() -> int:
+    """UDP RcvbufErrors from /proc/net/snmp (system-wide)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process measurement primitives (used by the workers and by the pytest-benchmark suites)
+# ---------------------------------------------------------------------------------------------
+
+def open_udp(kind: str, port: int = 0, rcvbuf: int | None = None,
+             rcvtimeo: float | None = 1.0) -> socket.socket:
+    """A UDP socket bound to 127.0.0.1:port: ``kind`` "stdlib" (socket.socket) or "pyxlio".
+
+    Blocking, with SO_RCVTIMEO as a guard (a settimeout() would add a poll() per receive)."""
+    if kind == "pyxlio":
+        from pyxlio.socket import socket as pxsocket
+
+        s: socket.socket = pxsocket(socket.AF_INET, socket.SOCK_DGRAM)
+    elif kind == "stdlib":
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    else:
+        raise ValueError(f"socket kind {kind!r}")
+    try:
+        if rcvbuf:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except PermissionError:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        if rcvtimeo:
+            sec = int(rcvtimeo)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                         struct.pack("ll", sec, int((rcvtimeo - sec) * 1e6)))
+        s.bind(("127.0.0.1", port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+Loop = Callable[[int], int]
+
+#: receive methods: name -> (socket kind, needs max_packets)
+METHODS: dict[str, str] = {
+    "recvfrom": "stdlib",        # sock.recvfrom(2048)
+    "recv_into": "stdlib",       # sock.recv_into(buf)
+    "recvmsg_into": "stdlib",    # sock.recvmsg_into([buf])
+    "zcopy": "pyxlio",           # pkt = sock.recvfrom_zcopy(); pkt.release()
+    "batch": "pyxlio",           # b = sock.recv_batch(m); b.lengths; b.release()
+    "views": "pyxlio",           # ... one memoryview per datagram (views())
+    "views_touch": "pyxlio",     # ... and read its first byte
+    "packets": "pyxlio",         # ... one Packet object per datagram (iteration, .nbytes)
+    "callback": "pyxlio",        # set_recv_callback(fn): fn per datagram
+}
+
+
+def make_loop(method: str, sock: Any, max_packets: int = 64, every: int = 0) -> Loop:
+    """A function receiving up to `count` datagrams from `sock` by `method`; returns how many
+    it got (fewer only when the socket ran dry: SO_RCVTIMEO / empty batch)."""
+    m = max_packets
+    if method == "recvfrom":
+        r = sock.recvfrom
+
+        def loop(count: int) -> int:
+            i = -1
+            try:
+                for i in range(count):  # noqa: B007  (i is the count on a timeout)
+                    r(2048)
+            except (BlockingIOError, TimeoutError):
+                return i
+            return count
+    elif method == "recv_into":
+        ri = sock.recv_into
+        buf = bytearray(2048)
+
+        def loop(count: int) -> int:
+            i = -1
+            try:
+                for i in range(count):  # noqa: B007  (i is the count on a timeout)
+                    ri(buf)
+            except (BlockingIOError, TimeoutError):
+                return i
+            return count
+    elif method == "recvmsg_into":
+        rm = sock.recvmsg_into
+        bufs = [bytearray(2048)]
+
+        def loop(count: int) -> int:
+            i = -1
+            try:
+                for i in range(count):  # noqa: B007  (i is the count on a timeout)
+                    rm(bufs)
+            except (BlockingIOError, TimeoutError):
+                return i
+            return count
+    elif method == "zcopy":
+        rz = sock.recvfrom_zcopy
+
+        def loop(count: int) -> int:
+            i = -1
+            try:
+                for i in range(count):  # noqa: B007  (i is the count on a timeout)
+                    rz().release()
+            except (BlockingIOError, TimeoutError):
+                return i
+            return count
+    elif method == "batch":
+        rb = sock.recv_batch
+
+        def loop(count: int) -> int:
+            got = 0
+            while got < count:
+                b = rb(m if count - got >= m else count - got)
+                k = len(b)
+                b.lengths  # noqa: B018  (reading the lengths is the point)
+                b.release()
+                if not k:
+                    break
+                got += k
+            return got
+    elif method in ("views", "views_touch"):
+        rb = sock.recv_batch
+        touch = method == "views_touch"
+
+        def loop(count: int) -> int:
+            got = 0
+            v = None
+            while got < count:
+                b = rb(m if count - got >= m else count - got)
+                k = len(b)
+                if touch:
+                    for v in b.views():
+                        v[0]
+                else:
+                    for v in b.views():  # noqa: B007  (v holds a view until the next)
+                        pass
+                v = None
+                b.release()
+                if not k:
+                    break
+                got += k
+            return got
+    elif method == "packets":
+        rb = sock.recv_batch
+
+        def loop(count: int) -> int:
+            got = 0
+            p = None
+            while got < count:
+                b = rb(m if count - got >= m else count - got)
+                k = len(b)
+                for p in b:
+                    p.nbytes  # noqa: B018
+                p = None
+                b.release()
+                if not k:
+                    break
+                got += k
+            return got
+    elif method == "callback":
+        return _callback_loop(sock, every)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    return loop
+
+
+def _callback_loop(sock: Any, every: int) -> Loop:
+    """The callback path: fn(view, info) counts each datagram and returns DROP, except every
+    `every`th (RECV: the receive call then returns it).  every == 0: always DROP (a drain:
+    non-blocking receive calls until the socket is empty)."""
+    calls = 0
+    drop, recv = 0, 1   # Verdict.DROP, Verdict.RECV as plain ints
+
+    if every:
+        def fn(view: memoryview, info: object) -> int:
+            nonlocal calls
+            calls += 1
+            return recv if calls % every == 0 else drop
+    else:
+        def fn(view: memoryview, info: object) -> int:
+            nonlocal calls
+            calls += 1
+            return drop
+    sock.set_recv_callback(fn)
+    rz = sock.recvfrom_zcopy
+    rb = sock.recv_batch
+
+    def loop(count: int) -> int:
+        nonlocal calls
+        calls = 0
+        if every:
+            while calls < count:
+                rz().release()
+        else:
+            while calls < count:
+                b = rb(1, 0)
+                b.release()
+                if calls < count and not b:
+                    break    # drained (every datagram went through the callback)
+        return calls
+    return loop
+
+
+def timed(loop: Loop, count: int) -> tuple[float, int]:
+    """(ns per datagram, datagrams) for one call of `loop`."""
+    t0 = time.perf_counter_ns()
+    got = loop(count)
+    dt = time.perf_counter_ns() - t0
+    return (dt / got if got > 0 else float("nan")), got
+
+
+def wait_filled(sock: socket.socket, timeout: float = 20.0) -> int:
+    """Wait until the socket's queued memory stops growing; returns the bytes queued."""
+    deadline = time.monotonic() + timeout
+    last, stable = -1, 0
+    while stable < 3:
+        mem = struct.unpack(f"{SK_MEMINFO_VARS}I",
+                            sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * SK_MEMINFO_VARS))
+        stable = stable + 1 if mem[0] == last else 0
+        last = mem[0]
+        if time.monotonic() > deadline:
+            raise TimeoutError("the receive queue did not settle")
+        time.sleep(0.05)
+    return last
+
+
+def gso_for(size: int) -> int:
+    return min(64, 65507 // size)
+
+
+def fill(sender: str, port: int, count: int, size: int, cpu: int | None = SENDER_CPU) -> None:
+    """Send `count` `size`-byte datagrams to 127.0.0.1:port with refloop (UDP GSO) and wait."""
+    cmd = [sender, "send", "--dest", f"127.0.0.1:{port}", "--count", str(count),
+           "--size", str(size), "--gso", str(gso_for(size))]
+    if cpu is not None and cpu < (os.cpu_count() or 1):
+        cmd += ["--cpu", str(cpu)]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=child_env(False), timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker operations (one configuration, in a fresh interpreter with the right environment)
+# ---------------------------------------------------------------------------------------------
+
+def op_feed(a: JSONDict) -> JSONDict:
+    """Per-datagram cost on the emulator's feed: warm-up, then `reps` rounds of `count`."""
+    import pyxlio
+
+    pin(a.get("cpu"))
+    method, count, reps = a["method"], int(a["count"]), int(a["reps"])
+    sock = open_udp(METHODS[method], a["port"], rcvtimeo=None)
+    with contextlib.closing(sock):
+        loop = make_loop(method, sock, a.get("max_packets", 64), CALLBACK_EVERY)
+        loop(max(1000, count // 10))
+        runs = []
+        for _ in range(reps):
+            ns, got = timed(loop, count)
+            if got != count:
+                raise RuntimeError(f"feed gave {got} of {count}")
+            runs.append(ns)
+        out = getattr(sock, "outstanding", 0)
+        if method == "callback":
+            sock.set_recv_callback(None)   # type: ignore[attr-defined]
+    api = pyxlio.get_api()
+    return {"runs_ns": runs, "outstanding_after": out,
+            "provider": api.provider if api else "kernel"}
+
+
+def op_drain(a: JSONDict) -> JSONDict:
+    """Loopback drain: fill with a C sender while idle, then time emptying the buffer."""
+    import pyxlio
+
+    pin(a.get("cpu"))
+    method, count, size = a["method"], int(a["count"]), int(a["size"])
+    runs, snmp = [], []
+    for _ in range(int(a["reps"])):
+        sock = open_udp(METHODS[method], 0, rcvbuf=DRAIN_RCVBUF, rcvtimeo=1.0)
+        with contextlib.closing(sock):
+            port = sock.getsockname()[1]
+            loop = make_loop(method, sock, a.get("max_packets", 64), 0)
+            e0 = rcvbuf_errors()
+            fill(a["sender"], port, count, size, a.get("sender_cpu", DRAIN_SENDER_CPU))
+            wait_filled(sock)
+            snmp.append(rcvbuf_errors() - e0)
+            ns, got = timed(loop, count)
+            if got != count:
+                raise RuntimeError(f"drain got {got} of {count} datagrams (RcvbufErrors +"
+                                   f"{snmp[-1]})")
+            if method == "callback":
+                sock.set_recv_callback(None)   # type: ignore[attr-defined]
+            runs.append(ns)
+    api = pyxlio.get_api()
+    return {"runs_ns": runs, "rcvbuf_errors": snmp,
+            "provider": api.provider if api else "kernel"}
+
+
+def op_live(a: JSONDict) -> JSONDict:
+    """Receive until the sender stops (1 s idle); prints ready first.  Counts datagrams."""
+    import pyxlio
+
+    pin(a.get("cpu"))
+    method = a["method"]
+    sock = open_udp(METHODS[method], a["port"], rcvbuf=a.get("rcvbuf", LIVE_RCVBUF),
+                    rcvtimeo=1.0)
+    with contextlib.closing(sock):
+        loop = make_loop(method, sock, a.get("max_packets", 64), 0)
+        print(json.dumps({"ready": True}), flush=True)
+        got_total, waited = 0, 0
+        chunk = 1 << 14
+        while True:
+            got = loop(chunk)
+            got_total += got
+            if got < chunk:       # ran dry for SO_RCVTIMEO (1 s)
+                waited += 1
+                if got_total or waited >= 10:
+                    break          # the sender is done (or never came)
+    api = pyxlio.get_api()
+    return {"received": got_total,
+            "provider": api.provider if api else "kernel"}
+
+
+def op_memory(a: JSONDict) -> JSONDict:
+    """RSS before/after `count` datagrams from the feed (after a warm-up)."""
+    import gc
+
+    pin(a.get("cpu"))
+    method, count = a["method"], int(a["count"])
+    sock = open_udp(METHODS[method], a["port"], rcvtimeo=None)
+    with contextlib.closing(sock):
+        loop = make_loop(method, sock, a.get("max_packets", 64), CALLBACK_EVERY)
+        loop(1_000_000)
+        gc.collect()
+        before = rss_kib()
+        t0 = time.perf_counter()
+        done = 0
+        while done < count:
+            done += loop(min(1_000_000, count - done))
+        secs = time.perf_counter() - t0
+        gc.collect()
+        after = rss_kib()
+        out = getattr(sock, "outstanding", 0)
+        if method == "callback":
+            sock.set_recv_callback(None)   # type: ignore[attr-defined]
+    return {"rss_before_kib": before, "rss_after_kib": after, "growth_kib": after - before,
+            "datagrams": done, "seconds": secs, "outstanding_after": out}
+
+
+OPS: dict[str, Callable[[JSONDict], JSONDict]] = {
+    "feed": op_feed, "drain": op_drain, "live": op_live, "memory": op_memory,
+}
+
+
+def worker_main(spec: str) -> int:
+    a = json.loads(spec)
+    res = OPS[a["op"]](a)
+    print(json.dumps({"result": res}), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+# ---------------------------------------------------------------------------------------------
+
+def _last_json(text: str) -> JSONDict:
+    for line in reversed(text.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            d: JSONDict = json.loads(line)
+            return d
+    raise RuntimeError(f"no JSON in output: {text[-500:]!r}")
+
+
+def run_worker(spec: JSONDict, emu: bool, feed: str | None = None,
+               timeout: float = 300) -> JSONDict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+    p = subprocess.run(cmd, env=child_env(emu, feed), capture_output=True, text=True,
+                       timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"worker {spec['op']} {spec.get('method')} failed "
+                           f"({p.returncode}): {p.stderr.strip()[-2000:]}")
+    res: JSONDict = _last_json(p.stdout)["result"]
+    return res
+
+
+def run_c(cmd: list[str], emu: bool = False, feed: str | None = None,
+          timeout: float = 120) -> JSONDict:
+    p = subprocess.run(cmd, env=child_env(emu, feed), capture_output=True, text=True,
+                       timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[-1000:]}")
+    return _last_json(p.stdout)
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
+    """Start a receiver that prints {"ready": true} first; stop it (by pid) on the way out."""
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        if '"ready"' not in line:
+            p.kill()
+            err = p.stderr.read() if p.stderr else ""
+            raise RuntimeError(f"{' '.join(cmd[:4])}... did not start: {line!r} {err[-1000:]}")
+        yield p
+    finally:
+        if p.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=30)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def c_drain(tools: dict[str, str], cmd: list[str], count: int, size: int,
+            emu: bool, sender_cpu: int | None = DRAIN_SENDER_CPU) -> JSONDict:
+    """Run a C receiver in --drain mode and fill its buffer; its own timing."""
+    port = free_udp_port()
+    full = [*cmd, "--port", str(port), "--count", str(count), "--drain", "--cpu",
+            str(RECEIVER_CPU)]
+    with started(full, child_env(emu)) as p:
+        fill(tools["refloop"], port, count, size, sender_cpu)
+        out, err = p.communicate(timeout=120)
+        if p.returncode != 0:
+            raise RuntimeError(f"{' '.join(full)}: {err[-500:]}")
+    return _last_json(out)
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _med(xs: list[float]) -> float:
+    return float(statistics.median(xs))
+
+
+class Results:
+    """Collects figures, ratios and target checks; prints the human table."""
+
+    def __init__(self) -> None:
+        self.figures: list[JSONDict] = []
+        self.targets: list[JSONDict] = []
+        self.sections: dict[str, Any] = {}
+
+    def figure(self, fid: str, runs: list[float], c_runs: list[float] | None, c_ref: str | None,
+               **info: Any) -> JSONDict:
+        ns = _med(runs)
+        f: JSONDict = {"id": fid, "ns_per_datagram": round(ns, 2),
+                       "ns_min": round(min(runs), 2), "runs_ns": [round(x, 2) for x in runs],
+                       **info}
+        if c_runs:
+            c = _med(c_runs)
+            f.update(c_ref=c_ref, c_ns=round(c, 2), c_runs_ns=[round(x, 2) for x in c_runs],
+                     speed_vs_c=round(c / ns, 4), cost_vs_c=round(ns / c, 4))
+        self.figures.append(f)
+        print(f"  {fid:<44} {ns:9.1f} ns" +
+              (f"   C {f['c_ns']:8.1f} ns   speed {f['speed_vs_c']:.3f}x"
+               f"   cost {f['cost_vs_c']:.2f}x" if c_runs else ""), flush=True)
+        return f
+
+    def get(self, fid: str) -> JSONDict | None:
+        return next((f for f in self.figures if f["id"] == fid), None)
+
+    def target(self, name: str, value: float | None, op: str, goal: float, unit: str,
+               detail: str) -> None:
+        met = None if value is None else (value >= goal if op == ">=" else
+                                          value <= goal if op == "<=" else value < goal)
+        t = {"target": name, "value": None if value is None else round(value, 4),
+             "goal": f"{op} {goal}{unit}", "met": met, "detail": detail}
+        if value is not None and op in (">=",):
+            t["miss_by"] = None if met else round(1 - value / goal, 4)
+        elif value is not None:
+            t["miss_by"] = None if met else round(value / goal - 1, 4)
+        self.targets.append(t)
+
+    def table(self) -> str:
+        lines = ["", "Targets", "-------"]
+        for t in self.targets:
+            v = "n/a" if t["value"] is None else f"{t['value']:.3f}"
+            mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
+            miss = f"  (short by {100 * t['miss_by']:.1f}%)" if t.get("miss_by") else ""
+            lines.append(f"  [{mark}] {t['target']:<58} {v:>9} {t['goal']:<10}{miss}")
+        lines += ["", "Ratios to the C reference (speed = C ns / pyxlio ns)",
+                  "----------------------------------------------------"]
+        for f in self.figures:
+            if "c_ns" in f:
+                lines.append(f"  {f['id']:<44} {f['ns_per_datagram']:9.1f} ns  C "
+                             f"{f['c_ns']:8.1f} ns  speed {f['speed_vs_c']:6.3f}x  "
+                             f"[{f['c_ref']}]")
+        return "\n".join(lines)
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+def section_feed(R: Results, tools: dict[str, str], quick: bool, base: int) -> None:
+    print("== feed: the emulator's in-memory feed (per datagram)", flush=True)
+    feed = feed_spec(base)
+    count = 204_800 if quick else 1_024_000
+    reps = 3 if quick else 5
+    sizes = (64,) if quick else FEED_SIZES
+    for size in sizes:
+        port = feed_port(base, size)
+        cnt = count if size < 1024 else count // 2
+
+        def c_ref(mode: str, batch: int = 64, _port: int = port,
+                  _cnt: int = cnt) -> list[float]:
+            if mode == "cb":
+                cmd = [tools["pxbench"], "cb", "--port", str(_port), "--count", str(_cnt),
+                       "--every", str(CALLBACK_EVERY), "--cpu", str(RECEIVER_CPU)]
+            else:
+                cmd = [tools["refloop"], "recv", "--mode", mode, "--port", str(_port),
+                       "--count", str(_cnt), "--batch", str(batch), "--cpu", str(RECEIVER_CPU)]
+            return [run_c(cmd, emu=True, feed=feed)["ns_per_packet"] for _ in range(reps)]
+
+        configs: list[tuple[str, int, str, int]] = [
+            ("recvfrom", 1, "recvfrom", 1), ("recv_into", 1, "recvfrom", 1),
+            ("recvmsg_into", 1, "recvfrom", 1), ("zcopy", 1, "zcopy", 1),
+        ]
+        for m in BATCH_SIZES:
+            configs.append(("batch", m, "zcopy-free-batch", m))
+        configs += [("views", 64, "zcopy-free-batch", 64), ("packets", 64, "zcopy-free-batch", 64),
+                    ("callback", 1, "cb", 1)]
+        if not quick:
+            configs += [("views", 256, "zcopy-free-batch", 256),
+                        ("views_touch", 64, "zcopy-free-batch", 64),
+                        ("packets", 256, "zcopy-free-batch", 256)]
+        cache: dict[tuple[str, int], list[float]] = {}
+        for method, m, cmode, cb in configs:
+            spec = {"op": "feed", "method": method, "max_packets": m, "port": port,
+                    "count": cnt, "reps": reps, "cpu": RECEIVER_CPU}
+            res = run_worker(spec, emu=True, feed=feed)
+            key = (cmode, cb)
+            if key not in cache:
+                cache[key] = c_ref(cmode, cb)
+            label = method if METHODS[method] == "stdlib" or method in ("zcopy", "callback") \
+                else f"{method}{m}"
+            cname = ("pxbench cb --every 64" if cmode == "cb" else
+                     f"refloop {cmode}" + (f" --batch {cb}" if cmode == "zcopy-free-batch"
+                                           else ""))
+            R.figure(f"feed/{size}B/{label}", res["runs_ns"], cache[key], cname,
+                     section="feed", provider=res["provider"], size=size, method=method,
+                     max_packets=m, datagrams_per_run=cnt,
+                     outstanding_after=res["outstanding_after"])
+    f = R.get("feed/64B/batch64")
+    R.target("feed: recv_batch(64) lengths within 2x of C zcopy+free-batch(64)",
+             f and f["cost_vs_c"], "<=", 2.0, "x", "cost_vs_c of feed/64B/batch64")
+    f = R.get("feed/64B/zcopy")
+    R.target("feed: one Packet per datagram (recvfrom_zcopy+release) within 5x C",
+             f and f["cost_vs_c"], "<=", 5.0, "x", "cost_vs_c of feed/64B/zcopy vs refloop zcopy")
+    f = R.get("feed/64B/packets64")
+    R.target("feed: one Packet per datagram (batch iteration) within 5x C",
+             f and f["cost_vs_c"], "<=", 5.0, "x",
+             "cost_vs_c of feed/64B/packets64 vs refloop zcopy-free-batch 64")
+
+
+def section_drain(R: Results, tools: dict[str, str], quick: bool) -> None:
+    """Loopback drains; C and Python runs interleaved rep by rep (the machine drifts)."""
+    print("== drain: loopback, buffer filled first, then emptied (per datagram)", flush=True)
+    count = 102_400 if quick else 307_200
+    reps = 3 if quick else 5
+    providers = ["kernel"] if quick else ["kernel", "emu"]
+    refloop, pxb = tools["refloop"], tools["pxbench"]
+    c_jobs: dict[str, tuple[list[str], bool, str]] = {
+        "recvmmsg": ([refloop, "recv", "--mode", "recvmmsg", "--batch", "64"], False,
+                     "refloop recvmmsg --batch 64 --drain"),
+        "recvfrom": ([refloop, "recv", "--mode", "recvfrom"], False, "refloop recvfrom --drain"),
+    }
+    # recvmmsg asking each source address (msg_name), as pyxlio's kernel path does
+    c_jobs["names"] = ([pxb, "mmsg", "--batch", "64", "--names"], False,
+                       "pxbench mmsg --batch 64 --names --drain")
+    if not quick:
+        c_jobs["touch"] = ([pxb, "mmsg", "--batch", "64", "--touch"], False,
+                           "pxbench mmsg --batch 64 --touch --drain")
+        c_jobs["emu_zcopy"] = ([refloop, "recv", "--mode", "zcopy"], True,
+                               "refloop zcopy --drain (emulator)")
+        c_jobs["emu_cb"] = ([pxb, "cb", "--every", "0"], True,
+                            "pxbench cb --every 0 --drain (emulator)")
+    if quick:
+        py_configs = [("recvfrom", 1), ("batch", 64), ("views", 64)]
+    else:
+        py_configs = [("recvfrom", 1), ("recv_into", 1), ("recvmsg_into", 1), ("zcopy", 1),
+                      *[("batch", m) for m in BATCH_SIZES], ("views", 64), ("views_touch", 64),
+                      ("packets", 64)]
+
+    def c_for(prov: str, method: str) -> str:
+        if METHODS[method] == "stdlib":
+            return "recvfrom"
+        if prov == "emu" and method == "callback":
+            return "emu_cb"
+        if prov == "emu" and method == "zcopy":
+            return "emu_zcopy"
+        if method == "views_touch" and "touch" in c_jobs:
+            return "touch"
+        return "recvmmsg"
+
+    for size in DRAIN_SIZES:
+        cnt = count if size < 1024 else count // 2
+        c_runs: dict[str, list[float]] = {k: [] for k in c_jobs}
+        py_runs: dict[tuple[str, str, int], list[float]] = {}
+        py_info: dict[tuple[str, str, int], JSONDict] = {}
+        for _ in range(reps):
+            for key, (cmd, emu, _) in c_jobs.items():
+                c_runs[key].append(c_drain(tools, cmd, cnt, size, emu)["ns_per_packet"])
+            for prov in providers:
+                confs = py_configs + ([("callback", 1)] if prov == "emu" else [])
+                for method, m in confs:
+                    spec = {"op": "drain", "method": method, "max_packets": m, "size": size,
+                            "count": cnt, "reps": 1, "cpu": RECEIVER_CPU, "sender": refloop}
+                    res = run_worker(spec, emu=prov == "emu")
+                    k = (prov, method, m)
+                    py_runs.setdefault(k, []).extend(res["runs_ns"])
+                    info = py_info.setdefault(k, {"provider": res["provider"],
+                                                  "rcvbuf_errors": []})
+                    info["rcvbuf_errors"].extend(res["rcvbuf_errors"])
+        R.sections.setdefault("drain_c", {})[f"{size}B"] = {
+            key: {"ns_per_datagram": _med(v), "runs_ns": v, "command": c_jobs[key][2]}
+            for key, v in c_runs.items()}
+        stdlib_ns: dict[str, float] = {}
+        for (prov, method, m), runs in py_runs.items():
+            ck = c_for(prov, method)
+            label = method if method in ("recvfrom", "recv_into", "recvmsg_into", "zcopy",
+                                         "callback") else f"{method}{m}"
+            f = R.figure(f"drain/{prov}/{size}B/{label}", runs, c_runs[ck], c_jobs[ck][2],
+                         section="drain", size=size, method=method, max_packets=m,
+                         datagrams_per_run=cnt, **py_info[(prov, method, m)])
+            if prov == "kernel" and method in ("batch", "views", "views_touch", "packets"):
+                cn = _med(c_runs["names"])
+                f["c_names_ns"] = round(cn, 2)
+                f["speed_vs_c_names"] = round(cn / f["ns_per_datagram"], 4)
+            if method == "recvfrom":
+                stdlib_ns[prov] = f["ns_per_datagram"]
+            elif prov in stdlib_ns:
+                f["speed_vs_stdlib_recvfrom"] = round(stdlib_ns[prov] / f["ns_per_datagram"], 4)
+        for prov in providers:
+            b = R.get(f"drain/{prov}/{size}B/batch64")
+            v = R.get(f"drain/{prov}/{size}B/views64")
+            if prov == "kernel":
+                R.target(f"drain {size}B ({prov}): recv_batch(64) vs C recvmmsg(64)",
+                         b and b["speed_vs_c"], ">=", 0.95, "x", "speed_vs_c")
+                R.target(f"drain {size}B ({prov}): recv_batch(64)+views vs C recvmmsg(64)",
+                         v and v["speed_vs_c"], ">=", 0.85, "x", "speed_vs_c")
+            R.target(f"drain {size}B ({prov}): recv_batch(64) vs stdlib recvfrom",
+                     b and b.get("speed_vs_stdlib_recvfrom"), ">=", 2.5, "x",
+                     "stdlib recvfrom ns / recv_batch ns, same run")
+
+
+def section_live(R: Results, tools: dict[str, str], quick: bool) -> None:
+    print("== live: C sender with UDP GSO at ~1.3 M datagrams/s, receiver on another core",
+          flush=True)
+    rate = 1_300_000
+    seconds = 1.5 if quick else 3.0
+    count = int(rate * seconds)
+    out: list[JSONDict] = []
+    receivers: list[tuple[str, str, bool]] = [("stdlib recvfrom", "recvfrom", False),
+                                              ("pyxlio recv_batch(64)", "batch", False)]
+    if not quick:
+        receivers += [("pyxlio recv_batch(64)+views", "views", False),
+                      ("pyxlio recv_batch(64) (emulator)", "batch", True)]
+    for name, method, emu in [("C refloop recvmmsg(64)", "c:recvmmsg", False),
+                              ("C refloop recvfrom", "c:recvfrom", False), *receivers]:
+        port = free_udp_port()
+        if method.startswith("c:"):
+            cmd = [tools["refloop"], "recv", "--mode", method[2:], "--batch", "64", "--port",
+                   str(port), "--count", str(count), "--cpu", str(RECEIVER_CPU)]
+            # refloop asks 32 MiB; the Python receivers LIVE_RCVBUF: say so in the JSON
+        else:
+            spec = {"op": "live", "method": method, "max_packets": 64, "port": port,
+                    "cpu": RECEIVER_CPU, "rcvbuf": LIVE_RCVBUF}
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)]
+        e0 = rcvbuf_errors()
+        with started(cmd, child_env(emu)) as p:
+            snd = run_c([tools["refloop"], "send", "--dest", f"127.0.0.1:{port}", "--count",
+                         str(count), "--size", "64", "--gso", "64", "--rate", str(rate),
+                         "--cpu", str(SENDER_CPU)], timeout=120)
+            stdout, _ = p.communicate(timeout=60)
+        e1 = rcvbuf_errors()
+        r = _last_json(stdout)
+        got = r["packets"] if "packets" in r else r["result"]["received"]
+        sent = snd["sent"]
+        row = {"receiver": name, "provider": "emulator" if emu else "kernel", "sent": sent,
+               "sender_seconds": snd["seconds"], "offered_rate": round(sent / snd["seconds"]),
+               "received": got, "dropped": sent - got,
+               "drop_pct": round(100.0 * (sent - got) / sent, 3),
+               "rcvbuf_errors_delta": e1 - e0,
+               "rcvbuf": 32 << 20 if method.startswith("c:") else LIVE_RCVBUF}
+        out.append(row)
+        print(f"  {name:<36} offered {row['offered_rate'] / 1e6:.2f} M/s  received {got:>9}"
+              f"  dropped {row['drop_pct']:6.2f}%  RcvbufErrors +{row['rcvbuf_errors_delta']}",
+              flush=True)
+    R.sections["live"] = out
+    py = next(r for r in out if r["receiver"] == "pyxlio recv_batch(64)")
+    R.target("live 1.3M/s: pyxlio recv_batch drops", py["drop_pct"], "<", 1.0, "%",
+             f"sender count; RcvbufErrors +{py['rcvbuf_errors_delta']}")
+
+
+def section_pingpong(R: Results, tools: dict[str, str], quick: bool) -> None:
+    print("== ping-pong: 64 B, busy-poll, loopback, C server on core 0, client on core 1",
+          flush=True)
+    secs = 1.0 if quick else 2.0
+    reps = 2 if quick else 3
+    methods = ["batch"] if quick else ["batch", "zcopy", "copy", "stdlib"]
+    port = free_udp_port()
+    server = [tools["pxbench"], "pp-server", "--port", str(port), "--cpu", str(SENDER_CPU),
+              "--seconds", str(reps * (len(methods) + 2) * (secs + 2.5) + 30)]
+    rows: dict[str, list[float]] = {}
+    detail: dict[str, list[JSONDict]] = {}
+    taskset = shutil.which("taskset")
+    pin_cmd = [taskset, "-c", str(RECEIVER_CPU)] if taskset and (os.cpu_count() or 1) > 1 else []
+    with started(server, child_env(False)) as srv:
+        for _ in range(reps):
+            clients: list[tuple[str, list[str], bool]] = [
+                ("C pxbench pp-client", [tools["pxbench"], "pp-client", "--dest",
+                                         f"127.0.0.1:{port}", "--size", "64", "--seconds",
+                                         str(secs), "--cpu", str(RECEIVER_CPU)], False)]
+            for m in methods:
+                clients.append((f"pyxlio.perf {m}", [*pin_cmd, sys.executable, "-m",
+                                                     "pyxlio.perf", "ping-pong", "-i",
+                                                     "127.0.0.1", "-p", str(port), "-m", "64",
+                                                     "--busy-poll", "--recv-method", m, "-t",
+                                                     str(secs), "--json", "-q"], False))
+            if not quick:
+                clients.append(("pyxlio.perf batch (emulator)",
+                                [*pin_cmd, sys.executable, "-m", "pyxlio.perf", "ping-pong",
+                                 "-i", "127.0.0.1", "-p", str(port), "-m", "64", "--busy-poll",
+                                 "--recv-method", "batch", "-t", str(secs), "--json", "-q"],
+                                True))
+            for name, cmd, emu in clients:
+                r = run_c(cmd, emu=emu, timeout=60)
+                lat = r.get("latency", r)
+                p50 = lat["percentiles"]["50"]
+                rows.setdefault(name, []).append(p50)
+                detail.setdefault(name, []).append(
+                    {"median_us": p50, "avg_us": lat["avg"], "p99_us": lat["percentiles"]["99"],
+                     "min_us": lat["min"], "count": lat["count"]})
+        srv.terminate()
+    c = _med(rows["C pxbench pp-client"])
+    out = []
+    for name, meds in rows.items():
+        m = _med(meds)
+        out.append({"client": name, "median_half_rtt_us": round(m, 3),
+                    "runs_median_us": meds, "vs_c": round(m / c, 4), "runs": detail[name]})
+        print(f"  {name:<36} median half-RTT {m:7.3f} us   {m / c:.3f}x C", flush=True)
+    R.sections["pingpong"] = out
+    b = next(o for o in out if o["client"] == "pyxlio.perf batch")
+    R.target("ping-pong 64B busy-poll: pyxlio (batch) median half-RTT vs C", b["vs_c"], "<=",
+             1.05, "x", "median of per-run medians")
+
+
+def section_memory(R: Results, tools: dict[str, str], quick: bool, base: int) -> None:
+    print("== memory: RSS before/after ten million datagrams (feed, 64 B)", flush=True)
+    feed = feed_spec(base)
+    methods = ["batch", "views"] if quick else ["batch", "views", "packets", "zcopy", "callback"]
+    out = []
+    for method in methods:
+        spec = {"op": "memory", "method": method, "max_packets": 64,
+                "port": feed_port(base, 64), "count": 10_000_000, "cpu": RECEIVER_CPU}
+        r = run_worker(spec, emu=True, feed=feed, timeout=600)
+        r["method"] = method
+        out.append(r)
+        print(f"  {method:<10} RSS {r['rss_before_kib']} KiB -> {r['rss_after_kib']} KiB "
+              f"({r['growth_kib']:+d} KiB) over {r['datagrams']} datagrams in "
+              f"{r['seconds']:.1f} s; outstanding {r['outstanding_after']}", flush=True)
+    R.sections["memory"] = out
+    worst = max(r["growth_kib"] for r in out)
+    R.target("memory: RSS growth over 10M datagrams (worst method)", worst, "<=", 256, " KiB",
+             "VmRSS after - before, after gc.collect()")
+
+
+# -- machine, main ----------------------------------------------------------------------------
+
+def machine() -> JSONDict:
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    import pyxlio
+
+    def sysctl(name: str) -> str | None:
+        try:
+            return Path("/proc/sys/" + name.replace(".", "/")).read_text().strip()
+        except OSError:
+            return None
+
+    cc = os.environ.get("CC", "cc")
+    try:
+        ccv = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+        ccv = ccv.splitlines()[0]
+    except OSError:
+        ccv = "?"
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip() or None
+    except OSError:
+        commit = None
+    api = pyxlio.get_api()
+    lib = os.environ.get("PYXLIO_BENCH_LIBXLIO")
+    return {
+        "host": platform.node(), "cpu_model": cpu, "cores": os.cpu_count(),
+        "kernel": platform.release(), "os": platform.platform(),
+        "python": platform.python_version(), "python_impl": platform.python_implementation(),
+        "pyxlio_version": getattr(pyxlio, "__version__", "?"), "git_commit": commit,
+        "compiler": ccv,
+        "provider_runner": api.provider if api else "none (kernel)",
+        "providers_used": ["emulator (pyxlio.emu, in-memory feed and loopback)",
+                           "kernel (no XLIO: pyxlio's recvmmsg path)"] +
+                          ([f"libxlio {lib}"] if lib else []),
+        "net.core.rmem_max": sysctl("net.core.rmem_max"),
+        "load_avg": os.getloadavg(),
+    }
+
+
+SECTIONS = ("feed", "drain", "live", "pingpong", "memory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CI size (< 3 minutes)")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
+    ap.add_argument("--out", help="JSON path (default bench/results/<date>-<host>[-quick].json)")
+    ap.add_argument("--feed-base", type=int, default=int(os.environ.get("PYXLIO_BENCH_FEED_BASE",
+                                                                         "47301")),
+                    help="first of the emulator feed ports (one per size)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    _pyxlio_root()
+    if a.worker:
+        return worker_main(a.worker)
+    only = [s.strip() for s in a.only.split(",") if s.strip()]
+    for s in only:
+        if s not in SECTIONS:
+            ap.error(f"unknown section {s!r} (choose from {', '.join(SECTIONS)})")
+    t0 = time.monotonic()
+    tools = c_tools()
+    R = Results()
+    mach = machine()
+    print(f"pyxlio bench on {mach['host']}: {mach['cpu_model']}, {mach['cores']} cores, "
+          f"kernel {mach['kernel']}, Python {mach['python']}, pyxlio {mach['pyxlio_version']}",
+          flush=True)
+    for s in only:
+        if s == "feed":
+            section_feed(R, tools, a.quick, a.feed_base)
+        elif s == "drain":
+            section_drain(R, tools, a.quick)
+        elif s == "live":
+            section_live(R, tools, a.quick)
+        elif s == "pingpong":
+            section_pingpong(R, tools, a.quick)
+        elif s == "memory":
+            section_memory(R, tools, a.quick, a.feed_base)
+    elapsed = time.monotonic() - t0
+    now = _dt.datetime.now(_dt.timezone.utc)
+    doc = {
+        "schema": "pyxlio-bench/1",
+        "date": now.isoformat(timespec="seconds"),
+        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "quick": a.quick, "sections": only, "elapsed_s": round(elapsed, 1),
+        "machine": mach,
+        "ratio_definitions": {
+            "speed_vs_c": "C reference ns per datagram / pyxlio (or stdlib) ns per datagram",
+            "cost_vs_c": "ns per datagram / C reference ns per datagram",
+            "speed_vs_stdlib_recvfrom": "stdlib recvfrom ns / this ns (same provider, size)",
+            "ns_per_datagram": "median over runs; each run a fixed datagram count",
+        },
+        "targets": R.targets, "figures": R.figures, **R.sections,
+    }
+    out = Path(a.out) if a.out else (BENCH_DIR / "results" /
+                                     f"{now:%Y%m%d}-{platform.node()}"
+                                     f"{'-quick' if a.quick else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    os.replace(f.name, out)
+    print(R.table())
+    print(f"\nwrote {out} in {elapsed:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
