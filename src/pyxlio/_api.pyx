@@ -207,66 +207,6 @@ cdef inline bint _bit(uint64_t mask, int bit) noexcept nogil:
     return (mask >> bit) & 1
 
 
-cdef void _resolve(void *p) noexcept nogil:
-    """Fill OPS from the layout that cap_mask names, reading only members whose bit is set."""
-    cdef uint64_t caps = pyxlio_read_u64(p, 8)
-    cdef pyxlio_layout_t layout = pyxlio_layout_from_caps(caps)
-    cdef pyxlio_api_legacy_t *leg
-    cdef pyxlio_api_360_t *v360
-    cdef pyxlio_api_361_t *v361
-    cdef pyxlio_api_394_t *v394
-    OPS.cap_mask = caps
-    OPS.layout = <int>layout
-    if layout == PYXLIO_LAYOUT_LEGACY:
-        leg = <pyxlio_api_legacy_t *>p
-        if _bit(caps, PYXLIO_CAP_RECVFROM_ZCOPY):
-            OPS.recvfrom_zcopy = leg.recvfrom_zcopy
-        if _bit(caps, PYXLIO_CAP_RECVFROM_ZCOPY_FREE_PACKETS):
-            OPS.free_packets = leg.recvfrom_zcopy_free_packets
-        if _bit(caps, PYXLIO_CAP_ADD_CONF_RULE):
-            OPS.add_conf_rule = leg.add_conf_rule
-        if _bit(caps, PYXLIO_CAP_THREAD_OFFLOAD):
-            OPS.thread_offload = leg.thread_offload
-        if _bit(caps, PYXLIO_CAP_GET_SOCKET_RINGS_NUM):
-            OPS.get_socket_rings_num = leg.get_socket_rings_num
-        if _bit(caps, PYXLIO_CAP_GET_SOCKET_RINGS_FDS):
-            OPS.get_socket_rings_fds = leg.get_socket_rings_fds
-        if _bit(caps, PYXLIO_CAP_DUMP_FD_STATS):
-            OPS.dump_fd_stats = leg.dump_fd_stats
-        if _bit(caps, PYXLIO_CAP_IOCTL):
-            OPS.ioctl = leg.ioctl
-        if _bit(caps, PYXLIO_CAP_REGISTER_RECV_CALLBACK):
-            OPS.register_recv_callback = leg.register_recv_callback
-    elif layout == PYXLIO_LAYOUT_360:
-        v360 = <pyxlio_api_360_t *>p
-        if _bit(caps, PYXLIO_CAP_ADD_CONF_RULE):
-            OPS.add_conf_rule = v360.add_conf_rule
-        if _bit(caps, PYXLIO_CAP_THREAD_OFFLOAD):
-            OPS.thread_offload = v360.thread_offload
-        if _bit(caps, PYXLIO_CAP_DUMP_FD_STATS):
-            OPS.dump_fd_stats = v360.dump_fd_stats
-        if _bit(caps, PYXLIO_CAP_REGISTER_RECV_CALLBACK):
-            OPS.register_recv_callback = v360.register_recv_callback
-    elif layout == PYXLIO_LAYOUT_394:
-        v394 = <pyxlio_api_394_t *>p
-        if _bit(caps, PYXLIO_CAP_ADD_CONF_RULE):
-            OPS.add_conf_rule = v394.add_conf_rule
-        if _bit(caps, PYXLIO_CAP_THREAD_OFFLOAD):
-            OPS.thread_offload = v394.thread_offload
-        if _bit(caps, PYXLIO_CAP_DUMP_FD_STATS):
-            OPS.dump_fd_stats = v394.dump_fd_stats
-        if _bit(caps, PYXLIO_CAP_IOCTL):
-            OPS.ioctl = v394.ioctl
-    else:
-        v361 = <pyxlio_api_361_t *>p
-        if _bit(caps, PYXLIO_CAP_ADD_CONF_RULE):
-            OPS.add_conf_rule = v361.add_conf_rule
-        if _bit(caps, PYXLIO_CAP_THREAD_OFFLOAD):
-            OPS.thread_offload = v361.thread_offload
-        if _bit(caps, PYXLIO_CAP_DUMP_FD_STATS):
-            OPS.dump_fd_stats = v361.dump_fd_stats
-
-
 cdef void *_query_api() noexcept nogil:
     """getsockopt(-2, SOL_SOCKET, 2800): the pointer if, and only if, it passes every check."""
     cdef void *ptr = NULL
@@ -285,7 +225,7 @@ def _detect() -> None:
     API_PTR = _query_api()
     set_errno(saved)       # a failed probe (EBADF) must not leak into the caller's errno
     if API_PTR != NULL:
-        _resolve(API_PTR)
+        pyxlio_resolve_ops(API_PTR, &OPS)   # the layout table of include/pyxlio/xlio_abi.h
 
 
 _detect()

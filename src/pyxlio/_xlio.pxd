@@ -149,12 +149,14 @@ cdef extern from "pyxlio/xlio_abi.h" nogil:
     ctypedef void *(*pyxlio_alloc_fn)(size_t size) noexcept nogil
     ctypedef void (*pyxlio_free_fn)(void *ptr) noexcept nogil
 
-    # struct xlio_api_t, one per layout
-    ctypedef struct pyxlio_api_legacy_t:
-        uint64_t magic
+    pyxlio_layout_t pyxlio_layout_from_caps(uint64_t cap_mask)
+
+    # The resolved operations of whichever layout answered: NULL where the cap bit is clear.
+    ctypedef struct xlio_ops_t "pyxlio_ops_t":
         uint64_t cap_mask
+        int layout
         pyxlio_recvfrom_zcopy_fn recvfrom_zcopy
-        pyxlio_free_packets_fn recvfrom_zcopy_free_packets
+        pyxlio_free_packets_fn free_packets
         pyxlio_add_conf_rule_fn add_conf_rule
         pyxlio_thread_offload_fn thread_offload
         pyxlio_get_socket_rings_num_fn get_socket_rings_num
@@ -162,45 +164,9 @@ cdef extern from "pyxlio/xlio_abi.h" nogil:
         pyxlio_dump_fd_stats_fn dump_fd_stats
         pyxlio_ioctl_fn ioctl
         pyxlio_register_recv_callback_fn register_recv_callback
-    ctypedef struct pyxlio_api_360_t:
-        uint64_t magic
-        uint64_t cap_mask
-        pyxlio_add_conf_rule_fn add_conf_rule
-        pyxlio_thread_offload_fn thread_offload
-        pyxlio_dump_fd_stats_fn dump_fd_stats
-        pyxlio_register_recv_callback_fn register_recv_callback
-    ctypedef struct pyxlio_api_361_t:
-        uint64_t magic
-        uint64_t cap_mask
-        pyxlio_add_conf_rule_fn add_conf_rule
-        pyxlio_thread_offload_fn thread_offload
-        pyxlio_dump_fd_stats_fn dump_fd_stats
-    ctypedef struct pyxlio_api_394_t:
-        uint64_t magic
-        uint64_t cap_mask
-        pyxlio_add_conf_rule_fn add_conf_rule
-        pyxlio_thread_offload_fn thread_offload
-        pyxlio_dump_fd_stats_fn dump_fd_stats
-        pyxlio_ioctl_fn ioctl
-
-    pyxlio_layout_t pyxlio_layout_from_caps(uint64_t cap_mask)
+    void pyxlio_resolve_ops(const void *api, xlio_ops_t *ops)
     size_t pyxlio_build_user_alloc_cmsg(unsigned char *buf, uint8_t flags,
                                         pyxlio_alloc_fn alloc_fn, pyxlio_free_fn free_fn)
-
-
-# The resolved operations of whichever layout answered: NULL where the cap bit is clear.
-ctypedef struct xlio_ops_t:
-    uint64_t cap_mask
-    int layout
-    pyxlio_recvfrom_zcopy_fn recvfrom_zcopy
-    pyxlio_free_packets_fn free_packets
-    pyxlio_add_conf_rule_fn add_conf_rule
-    pyxlio_thread_offload_fn thread_offload
-    pyxlio_get_socket_rings_num_fn get_socket_rings_num
-    pyxlio_get_socket_rings_fds_fn get_socket_rings_fds
-    pyxlio_dump_fd_stats_fn dump_fd_stats
-    pyxlio_ioctl_fn ioctl
-    pyxlio_register_recv_callback_fn register_recv_callback
 
 
 cdef extern from *:

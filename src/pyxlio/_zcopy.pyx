@@ -128,66 +128,43 @@ cdef int store_reserve(store_t *st, Py_ssize_t cap) noexcept nogil:
     return 0
 
 
+cdef int grow(void **buf, size_t *cap, size_t need, size_t item, size_t first) noexcept nogil:
+    """Make room for `need` items in the realloc'ed array *buf (doubling, at least `first`)."""
+    cdef size_t n
+    cdef void *p
+    if need <= cap[0]:
+        return 0
+    n = cap[0] * 2 if cap[0] else first
+    while n < need:
+        n *= 2
+    p = realloc(buf[0], n * item)
+    if p == NULL:
+        return -1
+    buf[0] = p
+    cap[0] = n
+    return 0
+
+
 cdef int store_copy_room(store_t *st, size_t need) noexcept nogil:
-    cdef size_t cap
-    cdef void *p
-    if st.copyused + need <= st.copycap:
-        return 0
-    cap = st.copycap * 2 if st.copycap else 65536
-    while cap < st.copyused + need:
-        cap *= 2
-    p = realloc(st.copybuf, cap)
-    if p == NULL:
+    cdef char *before = st.copybuf
+    if grow(<void **>&st.copybuf, &st.copycap, st.copyused + need, 1, 65536) != 0:
         return -1
-    st.copybuf = <char *>p
-    st.copycap = cap
-    free(st.msgs); free(st.msg_iov)   # the kernel arrays pointed into the old buffer
-    st.msgs = NULL; st.msg_iov = NULL; st.slot_size = 0
+    if st.copybuf != before and st.msgs != NULL:
+        free(st.msgs); free(st.msg_iov)   # the kernel arrays pointed into the old buffer
+        st.msgs = NULL; st.msg_iov = NULL; st.slot_size = 0
     return 0
 
 
-cdef int store_frag_room(store_t *st, size_t need) noexcept nogil:
-    cdef size_t cap
-    cdef void *p
-    if st.fragused + need <= st.fragcap:
-        return 0
-    cap = st.fragcap * 2 if st.fragcap else 64
-    while cap < st.fragused + need:
-        cap *= 2
-    p = realloc(st.frags, cap * sizeof(iovec))
-    if p == NULL:
-        return -1
-    st.frags = <iovec *>p
-    st.fragcap = cap
-    return 0
+cdef inline int store_frag_room(store_t *st, size_t need) noexcept nogil:
+    return grow(<void **>&st.frags, &st.fragcap, st.fragused + need, sizeof(iovec), 64)
 
 
-cdef int store_id_room(store_t *st, size_t need) noexcept nogil:
-    cdef size_t cap
-    cdef void *p
-    if st.idused + need <= st.idcap:
-        return 0
-    cap = st.idcap * 2 if st.idcap else 64
-    while cap < st.idused + need:
-        cap *= 2
-    p = realloc(st.ids, cap * sizeof(void *))
-    if p == NULL:
-        return -1
-    st.ids = <void **>p
-    st.idcap = cap
-    return 0
+cdef inline int store_id_room(store_t *st, size_t need) noexcept nogil:
+    return grow(<void **>&st.ids, &st.idcap, st.idused + need, sizeof(void *), 64)
 
 
-cdef int store_free_room(store_t *st, size_t need) noexcept nogil:
-    cdef void *p
-    if need <= st.freecap:
-        return 0
-    p = realloc(st.frees, need * sizeof(free_ent_t))
-    if p == NULL:
-        return -1
-    st.frees = <free_ent_t *>p
-    st.freecap = need
-    return 0
+cdef inline int store_free_room(store_t *st, size_t need) noexcept nogil:
+    return grow(<void **>&st.frees, &st.freecap, need, sizeof(free_ent_t), 64)
 
 
 cdef int store_kernel_arrays(store_t *st, Py_ssize_t count, size_t slot_size) noexcept nogil:

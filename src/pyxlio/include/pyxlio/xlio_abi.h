@@ -213,6 +213,69 @@ static inline pyxlio_layout_t pyxlio_layout_from_caps(uint64_t cap_mask) {
     return PYXLIO_LAYOUT_361;
 }
 
+/* ---- one table of operations, whatever the layout ------------------------------------- */
+/* The members pyxlio calls, resolved from the loaded layout: NULL where the member is absent
+ * from the layout or its cap bit is clear. */
+typedef struct pyxlio_ops {
+    uint64_t cap_mask;
+    int layout;                                   /* pyxlio_layout_t */
+    pyxlio_recvfrom_zcopy_fn recvfrom_zcopy;
+    pyxlio_free_packets_fn free_packets;
+    pyxlio_add_conf_rule_fn add_conf_rule;
+    pyxlio_thread_offload_fn thread_offload;
+    pyxlio_get_socket_rings_num_fn get_socket_rings_num;
+    pyxlio_get_socket_rings_fds_fn get_socket_rings_fds;
+    pyxlio_dump_fd_stats_fn dump_fd_stats;
+    pyxlio_ioctl_fn ioctl;
+    pyxlio_register_recv_callback_fn register_recv_callback;
+} pyxlio_ops_t;
+
+/* Where each member sits in each layout (index: pyxlio_layout_t; -1: not in that layout). */
+typedef struct { int bit; size_t ops_offset; long offset[4]; } pyxlio_member_t;
+#define PYXLIO_AT(T, m) ((long)offsetof(T, m))
+static const pyxlio_member_t pyxlio_members[] = {
+    {PYXLIO_CAP_RECVFROM_ZCOPY, offsetof(pyxlio_ops_t, recvfrom_zcopy),
+     {PYXLIO_AT(pyxlio_api_legacy_t, recvfrom_zcopy), -1, -1, -1}},
+    {PYXLIO_CAP_RECVFROM_ZCOPY_FREE_PACKETS, offsetof(pyxlio_ops_t, free_packets),
+     {PYXLIO_AT(pyxlio_api_legacy_t, recvfrom_zcopy_free_packets), -1, -1, -1}},
+    {PYXLIO_CAP_ADD_CONF_RULE, offsetof(pyxlio_ops_t, add_conf_rule),
+     {PYXLIO_AT(pyxlio_api_legacy_t, add_conf_rule), PYXLIO_AT(pyxlio_api_360_t, add_conf_rule),
+      PYXLIO_AT(pyxlio_api_361_t, add_conf_rule), PYXLIO_AT(pyxlio_api_394_t, add_conf_rule)}},
+    {PYXLIO_CAP_THREAD_OFFLOAD, offsetof(pyxlio_ops_t, thread_offload),
+     {PYXLIO_AT(pyxlio_api_legacy_t, thread_offload), PYXLIO_AT(pyxlio_api_360_t, thread_offload),
+      PYXLIO_AT(pyxlio_api_361_t, thread_offload), PYXLIO_AT(pyxlio_api_394_t, thread_offload)}},
+    {PYXLIO_CAP_GET_SOCKET_RINGS_NUM, offsetof(pyxlio_ops_t, get_socket_rings_num),
+     {PYXLIO_AT(pyxlio_api_legacy_t, get_socket_rings_num), -1, -1, -1}},
+    {PYXLIO_CAP_GET_SOCKET_RINGS_FDS, offsetof(pyxlio_ops_t, get_socket_rings_fds),
+     {PYXLIO_AT(pyxlio_api_legacy_t, get_socket_rings_fds), -1, -1, -1}},
+    {PYXLIO_CAP_DUMP_FD_STATS, offsetof(pyxlio_ops_t, dump_fd_stats),
+     {PYXLIO_AT(pyxlio_api_legacy_t, dump_fd_stats), PYXLIO_AT(pyxlio_api_360_t, dump_fd_stats),
+      PYXLIO_AT(pyxlio_api_361_t, dump_fd_stats), PYXLIO_AT(pyxlio_api_394_t, dump_fd_stats)}},
+    {PYXLIO_CAP_IOCTL, offsetof(pyxlio_ops_t, ioctl),
+     {PYXLIO_AT(pyxlio_api_legacy_t, ioctl), -1, -1, PYXLIO_AT(pyxlio_api_394_t, ioctl)}},
+    {PYXLIO_CAP_REGISTER_RECV_CALLBACK, offsetof(pyxlio_ops_t, register_recv_callback),
+     {PYXLIO_AT(pyxlio_api_legacy_t, register_recv_callback),
+      PYXLIO_AT(pyxlio_api_360_t, register_recv_callback), -1, -1}},
+};
+
+/* Fill `ops` from the xlio_api_t at `api`: the layout from cap_mask, then only the members
+ * whose bit is set (so nothing past the size the layout implies is ever read).  Every read is
+ * a memcpy: the struct is packed and the pointer need not be aligned. */
+static inline void pyxlio_resolve_ops(const void *api, pyxlio_ops_t *ops) {
+    const unsigned char *base = (const unsigned char *)api;
+    uint64_t caps;
+    memset(ops, 0, sizeof *ops);
+    memcpy(&caps, base + 8, sizeof caps);
+    ops->cap_mask = caps;
+    ops->layout = (int)pyxlio_layout_from_caps(caps);
+    for (size_t i = 0; i < sizeof pyxlio_members / sizeof pyxlio_members[0]; i++) {
+        const pyxlio_member_t *m = &pyxlio_members[i];
+        long off = m->offset[ops->layout];
+        if (off >= 0 && (caps & PYXLIO_CAP(m->bit)))
+            memcpy((unsigned char *)ops + m->ops_offset, base + off, sizeof(void *));
+    }
+}
+
 /* ---- the user-allocator control message ------------------------------------------------ */
 typedef void *(*pyxlio_alloc_fn)(size_t size);
 typedef void (*pyxlio_free_fn)(void *ptr);
