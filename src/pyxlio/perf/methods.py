@@ -104,7 +104,14 @@ class Receiver:
         self.bufsize = max(bufsize, 2048)
 
     def recv(self, handler: Handler) -> int:
-        """Receive what one call gives; see the module docstring."""
+        """Receive what one call gives; see the module docstring.  On a stream, a message
+        whose start came is completed by further calls before returning."""
+        while True:
+            done = self._recv_one(handler)
+            if done or not self.stream or self.framer is None or not self.framer.pending:
+                return done
+
+    def _recv_one(self, handler: Handler) -> int:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -159,14 +166,6 @@ class ZcopyReceiver(Receiver):
 
     name = "zcopy"
 
-    def recv(self, handler: Handler) -> int:
-        while True:
-            done = self._recv_one(handler)
-            if done or not self.stream or self.framer is None or not self.framer.pending:
-                return done
-            # Part of a TCP message came: take the rest (pyxlio may hold it in user space,
-            # where select/epoll cannot see it).
-
     def _recv_one(self, handler: Handler) -> int:
         try:
             pkt = self.sock.recvfrom_zcopy()  # type: ignore[attr-defined]
@@ -200,12 +199,6 @@ class BatchReceiver(Receiver):
         super().__init__(sock, stream=stream, connected=connected, bufsize=bufsize)
         self.batch_size = batch_size
         self.timeout: float | None = 0 if busy else TICK
-
-    def recv(self, handler: Handler) -> int:
-        while True:
-            done = self._recv_one(handler)
-            if done or not self.stream or self.framer is None or not self.framer.pending:
-                return done
 
     def _recv_one(self, handler: Handler) -> int:
         try:
