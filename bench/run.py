@@ -542,7 +542,9 @@ def op_pingpong(a: JSONDict) -> JSONDict:
         sock.setblocking(False)
         msg = bytearray(size)
         hdr = struct.Struct("!QHI")
-        send = sock.send
+        # batch_stdsend: the stdlib's send on the pyxlio socket (without pyxlio's Python-level
+        # send override, which checks MSG_DUMMY)
+        send = socket.socket.send.__get__(sock) if method == "batch_stdsend" else sock.send
         buf = bytearray(2048)
         rtts: list[int] = []
         t0 = clock()
@@ -555,7 +557,7 @@ def op_pingpong(a: JSONDict) -> JSONDict:
             if ts >= m1:
                 break
             send(msg)
-            if method in ("batch", "batch1"):
+            if method in ("batch", "batch1", "batch_stdsend"):
                 rb = sock.recv_batch
                 mp = 1 if method == "batch1" else 64
                 while True:
@@ -835,6 +837,8 @@ def section_drain(R: Results, tools: dict[str, str], quick: bool) -> None:
                                "refloop zcopy --drain (emulator)")
         c_jobs["emu_cb"] = ([pxb, "cb", "--every", "0"], True,
                             "pxbench cb --every 0 --drain (emulator)")
+        c_jobs["emu_zcfb"] = ([refloop, "recv", "--mode", "zcopy-free-batch", "--batch", "64"],
+                              True, "refloop zcopy-free-batch --batch 64 --drain (emulator)")
     if quick:
         py_configs = [("recvfrom", 1), ("batch", 64), ("views", 64)]
     else:
@@ -849,6 +853,8 @@ def section_drain(R: Results, tools: dict[str, str], quick: bool) -> None:
             return "emu_cb"
         if prov == "emu" and method == "zcopy":
             return "emu_zcopy"
+        if prov == "emu" and method in ("batch", "views", "packets"):
+            return "emu_zcfb"
         if method == "views_touch" and "touch" in c_jobs:
             return "touch"
         return "recvmmsg"
@@ -905,6 +911,9 @@ def section_drain(R: Results, tools: dict[str, str], quick: bool) -> None:
                          b and b["speed_vs_c"], ">=", 0.95, "x", "speed_vs_c")
                 R.target(f"drain {size}B ({prov}): recv_batch(64)+views vs C recvmmsg(64)",
                          v and v["speed_vs_c"], ">=", 0.85, "x", "speed_vs_c")
+                R.target(f"drain {size}B ({prov}): recv_batch(64) vs C recvmmsg(64)+addresses",
+                         b and b.get("speed_vs_c_names"), ">=", 0.95, "x",
+                         "informative: the C loop also asks msg_name, as pyxlio does")
             R.target(f"drain {size}B ({prov}): recv_batch(64) vs stdlib recvfrom",
                      b and b.get("speed_vs_stdlib_recvfrom"), ">=", 2.5, "x",
                      "stdlib recvfrom ns / recv_batch ns, same run")
@@ -990,7 +999,8 @@ def section_pingpong(R: Results, tools: dict[str, str], quick: bool) -> None:
                                                      "127.0.0.1", "-p", str(port), "-m", "64",
                                                      "--busy-poll", "--recv-method", m, "-t",
                                                      str(secs), "--json", "-q"], False))
-            for m in (["batch"] if quick else ["batch", "batch1", "zcopy", "recv_into"]):
+            for m in (["batch"] if quick else ["batch", "batch1", "batch_stdsend", "zcopy",
+                                               "recv_into"]):
                 spec = {"op": "pingpong", "method": m, "port": port, "seconds": secs,
                         "cpu": RECEIVER_CPU}
                 clients.append((f"python minimal loop {m}",
