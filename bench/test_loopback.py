@@ -40,6 +40,9 @@ def _c_reference(method: str, provider: str, tools: dict[str, str]) -> tuple[lis
         return [refloop, "recv", "--mode", "zcopy"], True, "refloop zcopy --drain (emulator)"
     if method == "callback":
         return [pxb, "cb", "--every", "0"], True, "pxbench cb --every 0 --drain (emulator)"
+    if provider == "emulator" and method in ("batch", "views", "packets"):
+        return ([refloop, "recv", "--mode", "zcopy-free-batch", "--batch", "64"], True,
+                "refloop zcopy-free-batch --batch 64 --drain (emulator)")
     if method == "views_touch":
         return ([pxb, "mmsg", "--batch", "64", "--touch"], False,
                 "pxbench mmsg --batch 64 --touch --drain")
