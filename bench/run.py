@@ -980,10 +980,15 @@ def section_live(R: Results, tools: dict[str, str], quick: bool) -> None:
     R.sections["live"] = out
     py = [r for r in out if r["receiver"] == "pyxlio recv_batch(64)"
           and r["rate_asked"] == 1_300_000]
-    worst = max(py, key=lambda r: r["drop_pct"])
-    R.target("live 1.3M/s: pyxlio recv_batch drops (worst run)", worst["drop_pct"], "<", 1.0,
-             "%", f"sender count; RcvbufErrors +{worst['rcvbuf_errors_delta']}; runs "
-             f"{[r['drop_pct'] for r in py]}")
+    # a run counts only if the sender really offered the rate (a busy core 0 slows it)
+    ok = [r for r in py if r["offered_rate"] >= 0.95 * r["rate_asked"]]
+    worst = max(ok, key=lambda r: r["drop_pct"]) if ok else None
+    R.target("live 1.3M/s: pyxlio recv_batch drops (worst run)",
+             worst["drop_pct"] if worst else None, "<", 1.0, "%",
+             f"sender count; RcvbufErrors +{worst['rcvbuf_errors_delta'] if worst else '?'}; "
+             f"runs (drop %, offered M/s): "
+             f"{[(r['drop_pct'], round(r['offered_rate'] / 1e6, 2)) for r in py]}; only runs "
+             "offered >= 95% of the rate count")
 
 
 def section_pingpong(R: Results, tools: dict[str, str], quick: bool) -> None:
@@ -1115,6 +1120,46 @@ def machine() -> JSONDict:
 SECTIONS = ("feed", "drain", "live", "pingpong", "memory")
 
 
+def markdown(doc: JSONDict) -> str:
+    """A results file as the Markdown tables of bench/README.md."""
+    m = doc["machine"]
+    out = [f"`{doc['command']}` on {doc['date'][:10]}: {m['cpu_model']}, {m['cores']} cores, "
+           f"kernel {m['kernel']}, Python {m['python']}, pyxlio {m['pyxlio_version']} "
+           f"(commit {m.get('git_commit')}), {doc['elapsed_s']:.0f} s, load "
+           f"{m['load_avg'][0]:.2f} -> {doc.get('load_avg_end', [0])[0]:.2f}.", "",
+           "| target | value | goal | met |", "|---|---|---|---|"]
+    for t in doc["targets"]:
+        v = "n/a" if t["value"] is None else f"{t['value']:.3f}"
+        out.append(f"| {t['target']} | {v} | {t['goal']} | "
+                   f"{ {True: 'yes', False: '**no**', None: 'n/a'}[t['met']] } |")
+    out += ["", "| figure | ns/datagram | C ns | speed vs C (median / best) | C reference |",
+            "|---|---|---|---|---|"]
+    for f in doc["figures"]:
+        if "c_ns" in f:
+            out.append(f"| {f['id']} | {f['ns_per_datagram']:.1f} | {f['c_ns']:.1f} | "
+                       f"{f['speed_vs_c']:.3f} / {f['speed_vs_c_best']:.3f} | {f['c_ref']} |")
+    if doc.get("live"):
+        out += ["", "| live: receiver | asked | offered | dropped | RcvbufErrors |",
+                "|---|---|---|---|---|"]
+        for r in doc["live"]:
+            out.append(f"| {r['receiver']} | {r['rate_asked'] / 1e6:.1f} M/s | "
+                       f"{r['offered_rate'] / 1e6:.2f} M/s | {r['drop_pct']:.2f}% | "
+                       f"+{r['rcvbuf_errors_delta']} |")
+    if doc.get("pingpong"):
+        out += ["", "| ping-pong client (64 B, busy-poll) | median half-RTT | vs C |",
+                "|---|---|---|"]
+        for r in doc["pingpong"]:
+            out.append(f"| {r['client']} | {r['median_half_rtt_us']:.3f} us | "
+                       f"{r['vs_c']:.3f}x |")
+    if doc.get("memory"):
+        out += ["", "| memory: method | RSS before | RSS after | datagrams |",
+                "|---|---|---|---|"]
+        for r in doc["memory"]:
+            out.append(f"| {r['method']} | {r['rss_before_kib']} KiB | {r['rss_after_kib']} KiB "
+                       f"| {r['datagrams']:,} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1125,8 +1170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--feed-base", type=int, default=int(os.environ.get("PYXLIO_BENCH_FEED_BASE",
                                                                          "47301")),
                     help="first of the emulator feed ports (one per size)")
+    ap.add_argument("--markdown", metavar="RESULTS.json",
+                    help="print a results file as Markdown tables and exit")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.markdown:
+        print(markdown(json.loads(Path(a.markdown).read_text())))
+        return 0
     _pyxlio_root()
     if a.worker:
         return worker_main(a.worker)
