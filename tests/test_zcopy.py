@@ -64,6 +64,18 @@ def test_batch_contents_lengths_and_addresses(provider: str, udp_pair) -> None:
     assert got == payloads
 
 
+def test_batch_without_addresses(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    send_all(tx, addr, [b"one", b"two"])
+    with rx.recv_batch(8, timeout=2, addresses=False) as batch:
+        assert [bytes(v) for v in batch.views()] == [b"one", b"two"]
+        assert batch.addresses == [None, None] and list(batch.ports) == [0, 0]
+        assert batch[0].address is None
+    tx.sendto(b"three", addr)
+    with rx.recv_batch(8, timeout=2) as batch:          # the next call asks again
+        assert batch.addresses == [tx.getsockname()]
+
+
 def test_packets_of_a_batch(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
     send_all(tx, addr, [b"alpha", b"beta", b""])

@@ -215,7 +215,7 @@ cdef inline void slot_clear(slot_t *s) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 
 cdef Py_ssize_t fill_zcopy(const xlio_ops_t *ops, int fd, int sotype, store_t *st,
-                           Py_ssize_t maxp, int flags0, int *err) noexcept nogil:
+                           Py_ssize_t maxp, int flags0, bint want_addr, int *err) noexcept nogil:
     """recvfrom_zcopy until `maxp` packets, the first call honouring flags0 (blocking or not),
     the rest with MSG_DONTWAIT.  Zero-copy results are walked with the real stride; copied
     results (data that came through the kernel) are kept in the store's copy area.  A stream
@@ -234,9 +234,12 @@ cdef Py_ssize_t fill_zcopy(const xlio_ops_t *ops, int fd, int sotype, store_t *s
     err[0] = 0
     while n < maxp:
         flags = flags0 if n == 0 else (flags0 | MSG_DONTWAIT)
-        addrlen = ADDR_BYTES
+        addrlen = ADDR_BYTES if want_addr else 0
         hdr.n_packet_num = 0
-        rc = ops.recvfrom_zcopy(fd, landing, LANDING, &flags, <sockaddr *>addr, &addrlen)
+        if want_addr:
+            rc = ops.recvfrom_zcopy(fd, landing, LANDING, &flags, <sockaddr *>addr, &addrlen)
+        else:
+            rc = ops.recvfrom_zcopy(fd, landing, LANDING, &flags, NULL, NULL)
         if rc < 0:
             err[0] = errno
             return n if n > 0 else -1
@@ -336,7 +339,7 @@ cdef int merge_stream_read(store_t *st, pyxlio_zc_packets_t *hdr, size_t npk, co
 
 
 cdef Py_ssize_t fill_kernel(int fd, int sotype, store_t *st, Py_ssize_t maxp, int flags0,
-                            size_t slot_size, int *err) noexcept nogil:
+                            size_t slot_size, bint want_addr, int *err) noexcept nogil:
     """No XLIO: recvmmsg (UDP) or one recv (TCP) straight into the store's buffers."""
     cdef Py_ssize_t i, n
     cdef slot_t *s
@@ -358,8 +361,9 @@ cdef Py_ssize_t fill_kernel(int fd, int sotype, store_t *st, Py_ssize_t maxp, in
         st.lens[0] = <uint32_t>rc
         return 1
     for i in range(maxp):
-        st.msgs[i].msg_hdr.msg_name = st.slots[i].addr
-        st.msgs[i].msg_hdr.msg_namelen = ADDR_BYTES
+        # Without addresses the kernel skips a sockaddr copy per datagram (measurable).
+        st.msgs[i].msg_hdr.msg_name = st.slots[i].addr if want_addr else NULL
+        st.msgs[i].msg_hdr.msg_namelen = ADDR_BYTES if want_addr else 0
         st.msgs[i].msg_hdr.msg_flags = 0
     n = recvmmsg(fd, st.msgs, <unsigned int>maxp, flags0 | MSG_WAITFORONE, NULL)
     if n < 0:
@@ -693,7 +697,7 @@ cdef class SocketEngine:
         return errors
 
     cdef Py_ssize_t receive(self, store_t *st, Py_ssize_t maxp, double timeout,
-                            int extra_flags) except -2:
+                            int extra_flags, bint want_addr=True) except -2:
         """Fill `st`; returns the count, 0 when nothing came in time (or EOF)."""
         cdef int err = 0
         cdef Py_ssize_t n
@@ -709,9 +713,11 @@ cdef class SocketEngine:
             flags0 = extra_flags | (0 if wait_in_kernel else MSG_DONTWAIT)
             with nogil:
                 if self.zc:
-                    n = fill_zcopy(self.ops, self.fd, self.sotype, st, maxp, flags0, &err)
+                    n = fill_zcopy(self.ops, self.fd, self.sotype, st, maxp, flags0, want_addr,
+                                   &err)
                 else:
-                    n = fill_kernel(self.fd, self.sotype, st, maxp, flags0, slot, &err)
+                    n = fill_kernel(self.fd, self.sotype, st, maxp, flags0, slot, want_addr,
+                                    &err)
             if n >= 0:
                 st.n = n
                 return n
@@ -755,7 +761,7 @@ cdef class SocketEngine:
         self.link(b)
         return b
 
-    def recv_batch(self, Py_ssize_t max_packets=64, timeout=None) -> PacketBatch:
+    def recv_batch(self, Py_ssize_t max_packets=64, timeout=None, bint addresses=True) -> PacketBatch:
         if max_packets < 1 or max_packets > 65536:
             raise ValueError(f"max_packets must lie in 1 .. 65536, not {max_packets}")
         self.check_open()
@@ -770,7 +776,7 @@ cdef class SocketEngine:
         cdef store_t *st = self.take_store(max_packets)
         cdef Py_ssize_t n
         try:
-            n = self.receive(st, max_packets, t, 0)
+            n = self.receive(st, max_packets, t, 0, addresses)
         except BaseException:
             self.give_store(st)
             raise
