@@ -705,6 +705,7 @@ class Results:
         self.figures: list[JSONDict] = []
         self.targets: list[JSONDict] = []
         self.sections: dict[str, Any] = {}
+        self.errors: list[JSONDict] = []
 
     def figure(self, fid: str, runs: list[float], c_runs: list[float] | None, c_ref: str | None,
                **info: Any) -> JSONDict:
@@ -957,12 +958,20 @@ def section_live(R: Results, tools: dict[str, str], quick: bool) -> None:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--worker",
                    json.dumps(spec)]
         e0 = rcvbuf_errors()
-        with started(cmd, child_env(emu)) as p:
-            snd = run_c([tools["refloop"], "send", "--dest", f"127.0.0.1:{port}", "--count",
-                         str(count), "--size", "64", "--gso", "64", "--rate", str(rate),
-                         "--cpu", str(SENDER_CPU)], timeout=120)
-            stdout, _ = p.communicate(timeout=60)
-        e1 = rcvbuf_errors()
+        try:
+            with started(cmd, child_env(emu)) as p:
+                snd = run_c([tools["refloop"], "send", "--dest", f"127.0.0.1:{port}",
+                             "--count", str(count), "--size", "64", "--gso", "64", "--rate",
+                             str(rate), "--cpu", str(SENDER_CPU)], timeout=120)
+                stdout, stderr = p.communicate(timeout=60)
+            e1 = rcvbuf_errors()
+            if p.returncode != 0 or ('"result"' not in stdout and '"packets"' not in stdout):
+                raise RuntimeError(f"receiver exit status {p.returncode}: {stderr[-800:]!r}")
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"  {rate / 1e6:.1f}M/s {name:<34} FAILED: {exc}", flush=True)
+            R.errors.append({"section": "live", "receiver": name, "rate": rate,
+                             "error": str(exc)})
+            continue
         r = _last_json(stdout)
         got = r["packets"] if "packets" in r else r["result"]["received"]
         sent = snd["sent"]
@@ -1192,16 +1201,22 @@ def main(argv: list[str] | None = None) -> int:
           f"kernel {mach['kernel']}, Python {mach['python']}, pyxlio {mach['pyxlio_version']}",
           flush=True)
     for s in only:
-        if s == "feed":
-            section_feed(R, tools, a.quick, a.feed_base)
-        elif s == "drain":
-            section_drain(R, tools, a.quick)
-        elif s == "live":
-            section_live(R, tools, a.quick)
-        elif s == "pingpong":
-            section_pingpong(R, tools, a.quick)
-        elif s == "memory":
-            section_memory(R, tools, a.quick, a.feed_base)
+        try:
+            if s == "feed":
+                section_feed(R, tools, a.quick, a.feed_base)
+            elif s == "drain":
+                section_drain(R, tools, a.quick)
+            elif s == "live":
+                section_live(R, tools, a.quick)
+            elif s == "pingpong":
+                section_pingpong(R, tools, a.quick)
+            elif s == "memory":
+                section_memory(R, tools, a.quick, a.feed_base)
+        except (RuntimeError, OSError, subprocess.SubprocessError, KeyError,
+                StopIteration, ValueError) as exc:
+            # one broken section must not cost the others: recorded in the JSON's "errors"
+            print(f"== {s}: FAILED: {exc}", flush=True)
+            R.errors.append({"section": s, "error": f"{type(exc).__name__}: {exc}"})
     elapsed = time.monotonic() - t0
     now = _dt.datetime.now(_dt.timezone.utc)
     doc = {
@@ -1219,6 +1234,7 @@ def main(argv: list[str] | None = None) -> int:
             "ns_per_datagram": "median over runs; each run a fixed datagram count",
         },
         "load_avg_end": os.getloadavg(),
+        "errors": R.errors,
         "targets": R.targets, "figures": R.figures, **R.sections,
     }
     out = Path(a.out) if a.out else (BENCH_DIR / "results" /
@@ -1231,8 +1247,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(f.name, 0o644)
     os.replace(f.name, out)
     print(R.table())
+    for e in R.errors:
+        print(f"ERROR: {e}")
     print(f"\nwrote {out} in {elapsed:.0f} s")
-    return 0
+    return 1 if R.errors else 0
 
 
 if __name__ == "__main__":
