@@ -1129,6 +1129,18 @@ def machine() -> JSONDict:
 SECTIONS = ("feed", "drain", "live", "pingpong", "memory")
 
 
+def dump_compact(doc: JSONDict) -> str:
+    """JSON with one line per top-level key and per list item (small, diffable)."""
+    parts = []
+    for k, v in doc.items():
+        if isinstance(v, list) and v and isinstance(v[0], dict):
+            body = ",\n  ".join(json.dumps(x, separators=(",", ":")) for x in v)
+            parts.append(f"{json.dumps(k)}: [\n  {body}\n ]")
+        else:
+            parts.append(f"{json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}")
+    return "{\n " + ",\n ".join(parts) + "\n}\n"
+
+
 def markdown(doc: JSONDict) -> str:
     """A results file as the Markdown tables of bench/README.md."""
     m = doc["machine"]
@@ -1222,7 +1234,8 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "schema": "pyxlio-bench/1",
         "date": now.isoformat(timespec="seconds"),
-        "command": "python bench/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python bench/run.py",
+                             *(argv if argv is not None else sys.argv[1:])]),
         "quick": a.quick, "sections": only, "elapsed_s": round(elapsed, 1),
         "machine": mach,
         "ratio_definitions": {
@@ -1242,8 +1255,7 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{'-quick' if a.quick else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=out.parent, delete=False, suffix=".tmp") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
+        f.write(dump_compact(doc))
     os.chmod(f.name, 0o644)
     os.replace(f.name, out)
     print(R.table())
