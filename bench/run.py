@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -226,6 +227,8 @@ METHODS: dict[str, str] = {
     "recvmsg_into": "stdlib",    # sock.recvmsg_into([buf])
     "zcopy": "pyxlio",           # pkt = sock.recvfrom_zcopy(); pkt.release()
     "batch": "pyxlio",           # b = sock.recv_batch(m); b.lengths; b.release()
+    "batch_noaddr": "pyxlio",    # ... recv_batch(m, addresses=False)
+    "views_noaddr": "pyxlio",    # views, with recv_batch(m, addresses=False)
     "views": "pyxlio",           # ... one memoryview per datagram (views())
     "views_touch": "pyxlio",     # ... and read its first byte
     "packets": "pyxlio",         # ... one Packet object per datagram (iteration, .nbytes)
@@ -283,8 +286,10 @@ def make_loop(method: str, sock: Any, max_packets: int = 64, every: int = 0) -> 
             except (BlockingIOError, TimeoutError):
                 return i
             return count
-    elif method == "batch":
-        rb = sock.recv_batch
+    elif method in ("batch", "batch_noaddr"):
+        # addresses=False (pyxlio >= 3d0af0d) only where asked: the default call stays plain
+        rb = sock.recv_batch if method == "batch" else \
+            functools.partial(sock.recv_batch, addresses=False)
 
         def loop(count: int) -> int:
             got = 0
@@ -297,8 +302,9 @@ def make_loop(method: str, sock: Any, max_packets: int = 64, every: int = 0) -> 
                     break
                 got += k
             return got
-    elif method in ("views", "views_touch"):
-        rb = sock.recv_batch
+    elif method in ("views", "views_touch", "views_noaddr"):
+        rb = sock.recv_batch if method != "views_noaddr" else \
+            functools.partial(sock.recv_batch, addresses=False)
         touch = method == "views_touch"
 
         def loop(count: int) -> int:
@@ -788,7 +794,8 @@ def section_feed(R: Results, tools: dict[str, str], quick: bool, base: int) -> N
         configs += [("views", 64, "zcopy-free-batch", 64), ("packets", 64, "zcopy-free-batch", 64),
                     ("callback", 1, "cb", 1)]
         if not quick:
-            configs += [("views", 256, "zcopy-free-batch", 256),
+            configs += [("batch_noaddr", 64, "zcopy-free-batch", 64),
+                        ("views", 256, "zcopy-free-batch", 256),
                         ("views_touch", 64, "zcopy-free-batch", 64),
                         ("packets", 256, "zcopy-free-batch", 256)]
         cache: dict[tuple[str, int], list[float]] = {}
@@ -849,11 +856,12 @@ def section_drain(R: Results, tools: dict[str, str], quick: bool) -> None:
         c_jobs["emu_zcfb"] = ([refloop, "recv", "--mode", "zcopy-free-batch", "--batch", "64"],
                               True, "refloop zcopy-free-batch --batch 64 --drain (emulator)")
     if quick:
-        py_configs = [("recvfrom", 1), ("batch", 64), ("views", 64)]
+        py_configs = [("recvfrom", 1), ("batch", 64), ("views", 64), ("batch_noaddr", 64),
+                      ("views_noaddr", 64)]
     else:
         py_configs = [("recvfrom", 1), ("recv_into", 1), ("recvmsg_into", 1), ("zcopy", 1),
                       *[("batch", m) for m in BATCH_SIZES], ("views", 64), ("views_touch", 64),
-                      ("packets", 64)]
+                      ("packets", 64), ("batch_noaddr", 64), ("views_noaddr", 64)]
 
     def c_for(prov: str, method: str) -> str:
         if METHODS[method] == "stdlib":
@@ -908,7 +916,8 @@ def section_drain(R: Results, tools: dict[str, str], quick: bool) -> None:
             f = R.figure(f"drain/{prov}/{size}B/{label}", runs, c_runs[ck], c_jobs[ck][2],
                          section="drain", size=size, method=method, max_packets=m,
                          datagrams_per_run=cnt, **py_info[(prov, method, m)])
-            if prov == "kernel" and method in ("batch", "views", "views_touch", "packets"):
+            if prov == "kernel" and method in ("batch", "views", "views_touch", "packets",
+                                               "batch_noaddr", "views_noaddr"):
                 cn = _med(c_runs["names"])
                 f["c_names_ns"] = round(cn, 2)
                 f["speed_vs_c_names"] = round(cn / f["ns_per_datagram"], 4)
@@ -927,9 +936,20 @@ def section_drain(R: Results, tools: dict[str, str], quick: bool) -> None:
                 R.target(f"drain {size}B ({prov}): recv_batch(64) vs C recvmmsg(64)+addresses",
                          _val(b, "speed_vs_c_names"), ">=", 0.95, "x",
                          "informative: the C loop also asks msg_name, as pyxlio does")
+                bn = R.get(f"drain/{prov}/{size}B/batch_noaddr64")
+                vn = R.get(f"drain/{prov}/{size}B/views_noaddr64")
+                R.target(f"drain {size}B ({prov}): recv_batch(64, addresses=False) vs C "
+                         "recvmmsg(64)", _val(bn, "speed_vs_c"), ">=", 0.95, "x", "speed_vs_c")
+                R.target(f"drain {size}B ({prov}): recv_batch(64, addresses=False)+views vs C "
+                         "recvmmsg(64)", _val(vn, "speed_vs_c"), ">=", 0.85, "x", "speed_vs_c")
             R.target(f"drain {size}B ({prov}): recv_batch(64) vs stdlib recvfrom",
                      _val(b, "speed_vs_stdlib_recvfrom"), ">=", 2.5, "x",
                      "stdlib recvfrom ns / recv_batch ns, same run")
+            if prov == "kernel":
+                R.target(f"drain {size}B ({prov}): recv_batch(64, addresses=False) vs stdlib "
+                         "recvfrom", _val(R.get(f"drain/{prov}/{size}B/batch_noaddr64"),
+                                          "speed_vs_stdlib_recvfrom"), ">=", 2.5, "x",
+                         "stdlib recvfrom ns / recv_batch ns, same run")
 
 
 def section_live(R: Results, tools: dict[str, str], quick: bool) -> None:

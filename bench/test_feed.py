@@ -27,6 +27,7 @@ CONFIGS = [
     *[("views", m, "zcopy-free-batch", m) for m in (16, 64, 256)],
     ("views_touch", 64, "zcopy-free-batch", 64),
     ("packets", 64, "zcopy-free-batch", 64),
+    ("batch_noaddr", 64, "zcopy-free-batch", 64),
     ("callback", 1, "cb", 1),
 ]
 QUICK = {("recvfrom", 1), ("zcopy", 1), ("batch", 1), ("batch", 64), ("views", 64),

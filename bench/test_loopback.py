@@ -21,10 +21,11 @@ from conftest import report
 CONFIGS = [
     ("recvfrom", 1), ("recv_into", 1), ("recvmsg_into", 1), ("zcopy", 1),
     *[("batch", m) for m in run.BATCH_SIZES],
-    ("views", 64), ("views_touch", 64), ("packets", 64),
+    ("views", 64), ("views_touch", 64), ("packets", 64), ("batch_noaddr", 64),
+    ("views_noaddr", 64),
     pytest.param(("callback", 1), marks=pytest.mark.xlio),
 ]
-QUICK = {("recvfrom", 1), ("batch", 64), ("views", 64)}
+QUICK = {("recvfrom", 1), ("batch", 64), ("views", 64), ("batch_noaddr", 64)}
 
 
 def _id(c: tuple[str, int]) -> str:
@@ -40,7 +41,8 @@ def _c_reference(method: str, provider: str, tools: dict[str, str]) -> tuple[lis
         return [refloop, "recv", "--mode", "zcopy"], True, "refloop zcopy --drain (emulator)"
     if method == "callback":
         return [pxb, "cb", "--every", "0"], True, "pxbench cb --every 0 --drain (emulator)"
-    if provider == "emulator" and method in ("batch", "views", "packets"):
+    if provider == "emulator" and method in ("batch", "views", "packets", "batch_noaddr",
+                                             "views_noaddr"):
         return ([refloop, "recv", "--mode", "zcopy-free-batch", "--batch", "64"], True,
                 "refloop zcopy-free-batch --batch 64 --drain (emulator)")
     if method == "views_touch":
