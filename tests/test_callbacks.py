@@ -314,3 +314,36 @@ def test_dummy_send_refused_where_libxlio_removed_it() -> None:
     proc = run_python(code, env=emu.environ(strict=True, layout="3.61"))
     assert proc.returncode == 0, proc.stderr
     assert "refused:" in proc.stdout and "3.60" in proc.stdout
+
+
+FEED_DROP_ALL = """
+import os, signal, socket as S, sys, threading, time
+from pyxlio.socket import socket
+s = socket(S.AF_INET, S.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.set_recv_callback(lambda v, i: 0)               # DROP every datagram of an endless feed
+assert len(s.recv_batch(64, timeout=0)) == 0      # returns at once
+assert len(s.recv_batch(64, timeout=0.2)) == 0    # returns when the timeout expires
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+    s.recv_batch(64) if sys.argv[2] == "pyxlio" else s.recv(64)
+except KeyboardInterrupt:
+    print("interrupted")
+s.set_recv_callback(None)
+s.close()
+"""
+
+
+@pytest.mark.provider_independent
+@pytest.mark.parametrize("call", ["pyxlio", "stdlib"])
+def test_feed_whose_callback_drops_everything_never_hangs(call: str) -> None:
+    import subprocess
+    import sys
+
+    from pyxlio import emu
+
+    proc = subprocess.run([sys.executable, "-c", FEED_DROP_ALL, "47391", call],
+                          env=emu.environ(strict=True, feed="47391:64"), capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "interrupted"

@@ -594,12 +594,13 @@ def test_packets_and_their_batch_released_from_many_threads_at_once(provider: st
         packets = list(batch)
         barrier = threading.Barrier(5)
 
-        def release(part: list[object]) -> None:
+        def release(part: list[object], barrier: threading.Barrier) -> None:
             barrier.wait(5)
             for p in part:
                 p.release()
 
-        threads = [threading.Thread(target=release, args=(packets[k::4],)) for k in range(4)]
+        threads = [threading.Thread(target=release, args=(packets[k::4], barrier))
+                   for k in range(4)]
         for t in threads:
             t.start()
         barrier.wait(5)

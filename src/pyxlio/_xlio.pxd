@@ -34,6 +34,7 @@ cdef extern from "<sys/socket.h>" nogil:
         long tv_sec
         long tv_nsec
     int SOL_SOCKET
+    int SO_RCVTIMEO
     int MSG_DONTWAIT
     int MSG_WAITFORONE
     int MSG_TRUNC
@@ -45,6 +46,12 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t recvfrom(int fd, void *buf, size_t n, int flags, sockaddr *addr, socklen_t *addrlen)
     int recvmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags, timespec *tmo)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
+
+
+cdef extern from "<sys/time.h>" nogil:
+    struct timeval:
+        long tv_sec
+        long tv_usec
 
 
 cdef extern from "<poll.h>" nogil:

@@ -690,27 +690,60 @@ cdef class SocketEngine:
         """Raise the first exception a receive callback raised since the last check."""
         self.raise_callback_errors()
 
+    cdef bint interrupted(self):
+        """A callback was interrupted (KeyboardInterrupt, SystemExit): the user wants to stop."""
+        for exc in self.cb_errors:
+            if not isinstance(exc, Exception):
+                return True
+        return False
+
+    def check_interrupts(self) -> None:
+        """Raise a KeyboardInterrupt / SystemExit that hit a receive callback, at once."""
+        if self.cb_errors and self.interrupted():
+            self.raise_interrupt()
+
+    cdef int raise_interrupt(self) except -1:
+        for i, exc in enumerate(self.cb_errors):
+            if not isinstance(exc, Exception):
+                del self.cb_errors[i]
+                raise exc
+        return 0
+
     def take_callback_errors(self) -> list:
         """The callback exceptions not raised yet (and forget them)."""
         errors = list(self.cb_errors)
         self.cb_errors.clear()
         return errors
 
+    cdef double rcvtimeo(self):
+        """SO_RCVTIMEO of the socket in seconds (0: none), read only when about to wait."""
+        cdef timeval tv
+        cdef socklen_t length = sizeof(tv)
+        tv.tv_sec = 0
+        tv.tv_usec = 0
+        if getsockopt(self.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &length) != 0:
+            return 0.0
+        return tv.tv_sec + tv.tv_usec / 1e6
+
     cdef Py_ssize_t receive(self, store_t *st, Py_ssize_t maxp, double timeout,
                             int extra_flags, bint want_addr=True) except -2:
-        """Fill `st`; returns the count, 0 when nothing came in time (or EOF)."""
+        """Fill `st`; returns the count, 0 when nothing came in time (or at EOF).
+
+        pyxlio does its own waiting: every receive call is non-blocking, and in between it
+        waits in poll() without the GIL, checking signals after each wait, so Ctrl-C is prompt
+        whatever the provider does inside a blocking receive.  `timeout` < 0 is a blocking
+        socket, bounded by its SO_RCVTIMEO if one is set."""
         cdef int err = 0
         cdef Py_ssize_t n
-        cdef int flags0
-        cdef bint wait_in_kernel = timeout < 0
+        cdef int flags0 = extra_flags | MSG_DONTWAIT
+        cdef bint bounded = timeout > 0
         cdef double deadline = 0.0
+        cdef double remaining, limit
+        cdef bint waited = False
         cdef pollfd pfd
         cdef int ms, prc
         cdef size_t slot = self.max_datagram
-        if timeout > 0:
-            deadline = time.monotonic() + timeout
         while True:
-            flags0 = extra_flags | (0 if wait_in_kernel else MSG_DONTWAIT)
             with nogil:
                 if self.zc:
                     n = fill_zcopy(self.ops, self.fd, self.sotype, st, maxp, flags0, want_addr,
@@ -731,19 +764,29 @@ cdef class SocketEngine:
                                     "refuses a copy", "recvfrom_zcopy")
                 PyErr_SetFromErrno(OSError)
                 return -2
-            if timeout <= 0:
-                return 0     # non-blocking, or SO_RCVTIMEO expired on a blocking socket
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if timeout == 0:
                 return 0
-            ms = <int>(remaining * 1000.0) + 1
+            if not waited:
+                waited = True
+                if timeout < 0:
+                    limit = self.rcvtimeo()
+                    bounded = limit > 0
+                else:
+                    limit = timeout
+                if bounded:
+                    deadline = time.monotonic() + limit
+            ms = -1
+            if bounded:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return 0
+                ms = <int>(remaining * 1000.0) + 1
             pfd.fd = self.fd
             pfd.events = POLLIN
             pfd.revents = 0
             with nogil:
                 prc = poll(&pfd, 1, ms)
-            if prc < 0 and errno == EINTR:
-                PyErr_CheckSignals()
+            PyErr_CheckSignals()
 
     cdef PacketBatch make_batch(self, store_t *st, Py_ssize_t n):
         cdef PacketBatch b = PacketBatch.__new__(PacketBatch)
@@ -783,9 +826,13 @@ cdef class SocketEngine:
         if n == 0 and self.cb_errors:
             self.give_store(st)
             self.raise_callback_errors()
+        b = self.make_batch(st, n)
+        if self.cb_errors and self.interrupted():
+            b.finish(True)          # Ctrl-C wins over the datagrams in hand
+            self.raise_interrupt()
         # With datagrams in hand, a callback's exception waits for the next receive call:
         # raising now would lose them.
-        return self.make_batch(st, n)
+        return b
 
     def recvfrom_zcopy(self, int flags=0, bint force=False) -> Packet:
         self.check_open()
@@ -822,6 +869,9 @@ cdef class SocketEngine:
             raise TimeoutError("timed out")
         b = self.make_batch(st, n)
         b.standalone = True
+        if self.cb_errors and self.interrupted():
+            b.finish(True)          # Ctrl-C wins over the datagram in hand
+            self.raise_interrupt()
         return b.packet(0)
 
     # -- callbacks ----------------------------------------------------------------------------
@@ -1270,7 +1320,7 @@ cdef class PacketBatch:
     def __enter__(self) -> PacketBatch:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.release()
 
     def __repr__(self) -> str:
@@ -1446,7 +1496,7 @@ cdef class Packet:
     def __enter__(self) -> Packet:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         self.release()
 
     def __repr__(self) -> str:

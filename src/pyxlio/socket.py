@@ -152,22 +152,30 @@ class socket(_stdsocket.socket):
 
     # The stdlib receive calls, plus the check for a receive callback's exception.  It is
     # raised before the call: after it, data is in hand and raising would lose it (it is then
-    # raised by the next receive call).
+    # raised by the next receive call), unless it is an interrupt (Ctrl-C), raised at once.
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         self._engine.check_callback_errors()
-        return super().recv(bufsize, flags)
+        data = super().recv(bufsize, flags)
+        self._engine.check_interrupts()
+        return data
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, Any]:
         self._engine.check_callback_errors()
-        return super().recvfrom(bufsize, flags)
+        result = super().recvfrom(bufsize, flags)
+        self._engine.check_interrupts()
+        return result
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         self._engine.check_callback_errors()
-        return super().recv_into(buffer, nbytes, flags)
+        n = super().recv_into(buffer, nbytes, flags)
+        self._engine.check_interrupts()
+        return n
 
     def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         self._engine.check_callback_errors()
-        return super().recvfrom_into(buffer, nbytes, flags)
+        result = super().recvfrom_into(buffer, nbytes, flags)
+        self._engine.check_interrupts()
+        return result
 
     # -- dummy send -------------------------------------------------------------------------
     def _check_dummy(self, flags: int) -> None:

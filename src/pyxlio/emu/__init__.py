@@ -44,6 +44,11 @@ zero-copy packets not yet freed, ``held`` the packets a callback kept (HOLD) not
 ``dropped`` the packets a callback dropped, ``queued`` the packets waiting in user space.
 New fields may be appended at the end of the line.
 
+A feed socket whose receive callback drops everything never runs dry: a receive call on it
+returns EAGAIN after a bounded amount of work when it is non-blocking or its SO_RCVTIMEO has
+expired, and a fully blocking one returns EINTR now and then, so that callers which check their
+signals on EINTR and call again (CPython, pyxlio) stay interruptible.
+
 Other diagnostics are single lines starting with ``pyxlio-emu: ``.
 
 Behaviour worth knowing (beyond the real library's contract):

@@ -393,9 +393,42 @@ static int wait_readable(emu_sock_t *s, int64_t *deadline, int *have_deadline) {
 
 /* Next packet for a special socket (queue, feed or kernel through the callback).  The packet
  * comes back BUSY, owned by the caller.  Blocks as the socket says.  0 or -1/errno. */
+/* A feed never runs dry, so a callback that drops everything would keep a receive call busy
+ * forever.  Every FEED_DROP_SLICE consecutive drops the call checks how it may block: a
+ * non-blocking call returns EAGAIN, an expired SO_RCVTIMEO returns EAGAIN, and a fully blocking
+ * call returns EINTR once in a while (CPython and pyxlio check their signals on EINTR and call
+ * again), so Ctrl-C stays prompt.  Documented in pyxlio/emu/__init__.py. */
+#define FEED_DROP_SLICE 256
+#define FEED_DROP_YIELD (64 * FEED_DROP_SLICE)
+
+static int feed_drop_slice(emu_sock_t *s, int kflags, int *blocking, int64_t *deadline,
+                           int *have_deadline, unsigned *drops) {
+    struct timespec now;
+    if (*blocking < 0) *blocking = emu_sock_blocking(s, kflags);
+    if (!*blocking) { errno = EAGAIN; return -1; }
+    if (!*have_deadline) {
+        struct timeval tv = {0, 0};
+        socklen_t l = sizeof tv;
+        *have_deadline = 1;
+        *deadline = 0;
+        if (REAL(getsockopt)(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0 && (tv.tv_sec || tv.tv_usec)) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            *deadline = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec +
+                        (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
+        }
+    }
+    if (*deadline) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= *deadline) { errno = EAGAIN; return -1; }
+    }
+    if (*drops >= FEED_DROP_YIELD) { errno = EINTR; return -1; }
+    return 0;
+}
+
 int emu_next_special(emu_sock_t *s, int kflags, uint32_t *pi) {
     int64_t deadline = 0;
     int have_deadline = 0, blocking = -1;
+    unsigned feed_drops = 0;
     for (;;) {
         pthread_mutex_lock(&s->mu);
         uint32_t gen = s->gen;
@@ -421,6 +454,9 @@ int emu_next_special(emu_sock_t *s, int kflags, uint32_t *pi) {
         if (!cb) { *pi = i; return 0; }
         int v = run_cb(s, i, cb, ctx);
         if (apply_verdict(s, gen, i, v, 0)) { *pi = i; return 0; }
+        if (feed && ++feed_drops % FEED_DROP_SLICE == 0 &&
+            feed_drop_slice(s, kflags, &blocking, &deadline, &have_deadline, &feed_drops) < 0)
+            return -1;
     }
 }
 
