@@ -609,3 +609,18 @@ def test_packets_and_their_batch_released_from_many_threads_at_once(provider: st
             t.join(5)
         assert batch.released and all(p.released for p in packets)
     assert rx.outstanding == 0
+
+
+@pytest.mark.xlio
+def test_a_socket_xlio_does_not_offload_is_read_in_batches_through_the_kernel(
+        provider: str, make_socket) -> None:
+    """Where XLIO would copy one datagram per call, pyxlio takes recvmmsg batches instead."""
+    with pyxlio.offload(False):
+        rx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    with stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as tx:
+        for i in range(10):
+            tx.sendto(b"k%d" % i, rx.getsockname())
+    with rx.recv_batch(16, timeout=2) as batch:
+        assert [bytes(v) for v in batch.views()] == [b"k%d" % i for i in range(10)]
+        assert not batch.zcopy and rx.offloaded is False

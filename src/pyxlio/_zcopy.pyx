@@ -552,6 +552,7 @@ cdef class SocketEngine:
     cdef bint cb_registered
     cdef readonly bint closed
     cdef int owned_fd             # fd this engine closes when it dies (socket finalized early)
+    cdef int offload_state        # -1 unknown, 0 XLIO does not offload it, 1 offloaded
 
     def __cinit__(self, int fd, int family, int sotype):
         self.fd = fd
@@ -564,6 +565,7 @@ cdef class SocketEngine:
         self.held = collections.deque()
         self.cb_errors = []
         self.owned_fd = -1
+        self.offload_state = -1
         memset(&self.cb, 0, sizeof(cb_ctx_t))
         self.cb.engine = <PyObject *>self
 
@@ -603,6 +605,28 @@ cdef class SocketEngine:
             store_del(self.pool[i])
         self.npool = 0
 
+    cdef bint use_zcopy(self) noexcept:
+        """Receive through recvfrom_zcopy?  Not on a socket XLIO does not offload: there it
+        would be one copying call per datagram, where recvmmsg takes a batch per call."""
+        cdef int rc
+        if not self.zc:
+            return False
+        if self.offload_state < 0:
+            # The probe (callbacks) is a datagram-socket facility: a stream always goes to
+            # recvfrom_zcopy, which serves both offloaded and kernel data in order.
+            if (self.ops.register_recv_callback == NULL or self.cb_registered
+                    or self.sotype != SOCK_DGRAM):
+                self.offload_state = 1
+            else:
+                with nogil:
+                    rc = self.ops.register_recv_callback(self.fd, NULL, NULL)
+                self.offload_state = 1 if rc == 0 else 0
+        return self.offload_state == 1
+
+    def forget_offload_state(self) -> None:
+        """bind/connect may change it (transport rules apply there): ask XLIO again."""
+        self.offload_state = -1
+
     @property
     def offloaded(self) -> object:
         """True/False when XLIO can tell, None when the loaded layout cannot."""
@@ -617,6 +641,8 @@ cdef class SocketEngine:
             return None
         with nogil:
             rc = self.ops.register_recv_callback(self.fd, NULL, NULL)
+        if rc != 0 and self.sotype != SOCK_DGRAM:
+            return None      # receive callbacks are for datagram sockets: no answer for a stream
         return rc == 0
 
     # -- storage pool -------------------------------------------------------------------------
@@ -743,9 +769,12 @@ cdef class SocketEngine:
         cdef pollfd pfd
         cdef int ms, prc
         cdef size_t slot = self.max_datagram
+        # force=True must reach XLIO, which alone can refuse a copy (EIO).
+        cdef bint zc_path = self.use_zcopy() or (
+            self.zc and (extra_flags & PYXLIO_MSG_XLIO_ZCOPY_FORCE) != 0)
         while True:
             with nogil:
-                if self.zc:
+                if zc_path:
                     n = fill_zcopy(self.ops, self.fd, self.sotype, st, maxp, flags0, want_addr,
                                    &err)
                 else:

@@ -70,6 +70,20 @@ class socket(_stdsocket.socket):
         super().setblocking(flag)
         self._engine.settimeout(super().gettimeout())
 
+    # -- XLIO decides offload at bind/connect (transport rules): ask again afterwards ---------
+    def bind(self, address: Any) -> None:
+        super().bind(address)
+        self._engine.forget_offload_state()
+
+    def connect(self, address: Any) -> None:
+        super().connect(address)
+        self._engine.forget_offload_state()
+
+    def connect_ex(self, address: Any) -> int:
+        rc = super().connect_ex(address)
+        self._engine.forget_offload_state()
+        return rc
+
     # -- zero-copy receive ------------------------------------------------------------------
     def recvfrom_zcopy(self, flags: int = 0, force: bool = False) -> Packet | None:
         """Receive one datagram (or TCP chunk) without copying it, when XLIO can.
