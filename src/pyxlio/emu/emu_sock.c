@@ -365,7 +365,8 @@ int emu_sock_blocking(emu_sock_t *s, int flags) {
 
 /* Wait for the kernel socket to become readable, honouring SO_RCVTIMEO (deadline in ns, 0 =
  * none).  Returns 0 to retry, -1 with errno EAGAIN (timeout) or EINTR. */
-static int wait_readable(emu_sock_t *s, int64_t *deadline, int *have_deadline) {
+/* Once per call: the SO_RCVTIMEO deadline (CLOCK_MONOTONIC ns), 0 when there is none. */
+static void rcvtimeo_deadline(emu_sock_t *s, int64_t *deadline, int *have_deadline) {
     struct timespec now;
     if (!*have_deadline) {
         struct timeval tv = {0, 0};
@@ -378,6 +379,11 @@ static int wait_readable(emu_sock_t *s, int64_t *deadline, int *have_deadline) {
                         (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
         }
     }
+}
+
+static int wait_readable(emu_sock_t *s, int64_t *deadline, int *have_deadline) {
+    struct timespec now;
+    rcvtimeo_deadline(s, deadline, have_deadline);
     int ms = -1;
     if (*deadline) {
         clock_gettime(CLOCK_MONOTONIC, &now);
@@ -406,17 +412,7 @@ static int feed_drop_slice(emu_sock_t *s, int kflags, int *blocking, int64_t *de
     struct timespec now;
     if (*blocking < 0) *blocking = emu_sock_blocking(s, kflags);
     if (!*blocking) { errno = EAGAIN; return -1; }
-    if (!*have_deadline) {
-        struct timeval tv = {0, 0};
-        socklen_t l = sizeof tv;
-        *have_deadline = 1;
-        *deadline = 0;
-        if (REAL(getsockopt)(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &l) == 0 && (tv.tv_sec || tv.tv_usec)) {
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            *deadline = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec +
-                        (int64_t)tv.tv_sec * 1000000000 + (int64_t)tv.tv_usec * 1000;
-        }
-    }
+    rcvtimeo_deadline(s, deadline, have_deadline);
     if (*deadline) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         if ((int64_t)now.tv_sec * 1000000000 + now.tv_nsec >= *deadline) { errno = EAGAIN; return -1; }
