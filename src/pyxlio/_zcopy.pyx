@@ -1357,8 +1357,9 @@ cdef class PacketBatch:
         return f"<pyxlio.PacketBatch {state} zcopy={self.zcopy}>"
 
 
-@cython.final
-cdef class _PacketIter:
+cdef class _BatchIter:
+    """Walks a batch's datagrams in order (base of the Packet and memoryview iterators)."""
+
     cdef PacketBatch b
     cdef Py_ssize_t i
 
@@ -1368,6 +1369,9 @@ cdef class _PacketIter:
     def __iter__(self):
         return self
 
+
+@cython.final
+cdef class _PacketIter(_BatchIter):
     def __next__(self) -> Packet:
         if self.i >= self.b.n or self.b.released:
             raise StopIteration
@@ -1376,16 +1380,7 @@ cdef class _PacketIter:
 
 
 @cython.final
-cdef class _ViewIter:
-    cdef PacketBatch b
-    cdef Py_ssize_t i
-
-    def __cinit__(self, PacketBatch b):
-        self.b = b
-
-    def __iter__(self):
-        return self
-
+cdef class _ViewIter(_BatchIter):
     def __next__(self) -> memoryview:
         if self.i >= self.b.n:
             raise StopIteration
