@@ -146,7 +146,7 @@ def c_tools() -> dict[str, str]:
     cc = os.environ.get("CC", "cc")
     sources = {"refloop": C_DIR / "refloop.c", "pxbench": C_DIR / "pxbench.c"}
     h = hashlib.sha256()
-    for p in [*sources.values(), include / "pyxlio" / "xlio_abi.h"]:
+    for p in [*sources.values(), C_DIR / "benchutil.h", include / "pyxlio" / "xlio_abi.h"]:
         h.update(p.read_bytes())
     h.update(cc.encode())
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))

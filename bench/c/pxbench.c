@@ -49,19 +49,10 @@
 
 #include "pyxlio/xlio_abi.h"
 
+#define BENCH_PROG "pxbench"
+#include "benchutil.h"
+
 enum { F_CLIENT = 1, F_PONG = 2, F_WARMUP = 4, HDR = 14 };
-
-static int64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
-}
-
-static void die(const char *msg) {
-    int e = errno;
-    fprintf(stderr, "pxbench: %s%s%s\n", msg, e ? ": " : "", e ? strerror(e) : "");
-    exit(2);
-}
 
 static void usage(void) {
     fprintf(stderr,
@@ -74,17 +65,6 @@ static void usage(void) {
     exit(2);
 }
 
-static long num(const char *s, const char *what, long min, long max) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max) {
-        fprintf(stderr, "pxbench: bad %s '%s' (%ld..%ld)\n", what, s, min, max);
-        exit(2);
-    }
-    return v;
-}
-
 static double fnum(const char *s, const char *what, double min, double max) {
     char *end;
     errno = 0;
@@ -94,14 +74,6 @@ static double fnum(const char *s, const char *what, double min, double max) {
         exit(2);
     }
     return v;
-}
-
-static void pin(long cpu) {
-    if (cpu < 0) return;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET((int)cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) != 0) die("sched_setaffinity");
 }
 
 static void parse_addr(const char *s, long port, struct sockaddr_in *a) {

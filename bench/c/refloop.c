@@ -36,20 +36,12 @@
 
 #include "pyxlio/xlio_abi.h"
 
+#define BENCH_PROG "refloop"
+#include "benchutil.h"
+
 #ifndef UDP_SEGMENT
 #define UDP_SEGMENT 103
 #endif
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-static void die(const char *msg) {
-    fprintf(stderr, "refloop: %s%s%s\n", msg, errno ? ": " : "", errno ? strerror(errno) : "");
-    exit(2);
-}
 
 static void usage(void) {
     fprintf(stderr,
@@ -57,25 +49,6 @@ static void usage(void) {
             "                    [--batch B] [--bind ADDR] [--cpu C] [--timeout S] [--drain]\n"
             "       refloop send --dest ADDR:P --count N --size S [--gso K] [--rate PPS] [--cpu C]\n");
     exit(2);
-}
-
-static long num(const char *s, const char *what, long min, long max) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < min || v > max) {
-        fprintf(stderr, "refloop: bad %s '%s' (%ld..%ld)\n", what, s, min, max);
-        exit(2);
-    }
-    return v;
-}
-
-static void pin(int cpu) {
-    if (cpu < 0) return;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) != 0) die("sched_setaffinity");
 }
 
 /* ---- receive ---------------------------------------------------------------------------- */
