@@ -361,7 +361,7 @@ def _run(cfg: Config, sock: _socket_mod.socket, connected: bool, dest: Any, res:
         flags = CLIENT | PONG if pong else CLIENT
         pack(msg, 0, seq, flags, size)
         t_send = clock()
-        if send_raw is not None:
+        if send_raw is not None:   # send_msg() inlined: a call is ~60 ns of a few-µs round trip
             try:
                 n = send_raw(msg)
             except (BlockingIOError, InterruptedError):

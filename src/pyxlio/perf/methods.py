@@ -90,6 +90,16 @@ def set_rcvtimeo(sock: _socket_mod.socket, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", sec, usec))
 
 
+def copy_in(sock: _socket_mod.socket, buf: bytearray, connected: bool) -> tuple[int, Any]:
+    """One datagram copied into `buf`: (length, source or None); (-1, None) if none came."""
+    try:
+        if connected:
+            return sock.recv_into(buf), None
+        return sock.recvfrom_into(buf)
+    except (BlockingIOError, TimeoutError, InterruptedError):
+        return -1, None
+
+
 class Receiver:
     """Base: a socket, a TCP framer when the socket is a stream, ``recv(handler)``."""
 
@@ -137,13 +147,8 @@ class CopyReceiver(Receiver):
     def recv(self, handler: Handler) -> int:
         if self.stream:
             return self._recv_stream(handler)
-        try:
-            if self.connected:
-                n = self.sock.recv_into(self.buf)
-                addr = None
-            else:
-                n, addr = self.sock.recvfrom_into(self.buf)
-        except (BlockingIOError, TimeoutError, InterruptedError):
+        n, addr = copy_in(self.sock, self.buf, self.connected)
+        if n < 0:
             return 0
         handler(self.view[:n], addr)
         return 1
@@ -264,15 +269,7 @@ class CallbackReceiver(Receiver):
 
     def recv(self, handler: Handler) -> int:
         before = self.in_callback
-        try:
-            if self.connected:
-                n = self.sock.recv_into(self.buf)
-                addr = None
-            else:
-                n, addr = self.sock.recvfrom_into(self.buf)
-        except (BlockingIOError, TimeoutError, InterruptedError):
-            n = -1
-            addr = None
+        n, addr = copy_in(self.sock, self.buf, self.connected)
         if self.errors:
             raise self.errors.pop(0)
         done = self.in_callback - before
