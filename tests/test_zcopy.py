@@ -56,6 +56,7 @@ def test_batch_contents_lengths_and_addresses(provider: str, udp_pair) -> None:
         assert batch.nbytes == sum(batch.lengths)
         assert batch.addresses == [tx.getsockname()] * len(batch)
         assert list(batch.ports) == [tx.getsockname()[1]] * len(batch)
+        assert list(batch.hosts) == [0x7F000001] * len(batch)          # 127.0.0.1
         assert batch.zcopy is expect_zcopy(provider)
         assert rx.outstanding == (len(batch) if expect_zcopy(provider) else 0)
         got.extend(bytes(v) for v in batch.views())
@@ -70,6 +71,7 @@ def test_batch_without_addresses(provider: str, udp_pair) -> None:
     with rx.recv_batch(8, timeout=2, addresses=False) as batch:
         assert [bytes(v) for v in batch.views()] == [b"one", b"two"]
         assert batch.addresses == [None, None] and list(batch.ports) == [0, 0]
+        assert list(batch.hosts) == [0, 0]
         assert batch[0].address is None
     tx.sendto(b"three", addr)
     with rx.recv_batch(8, timeout=2) as batch:          # the next call asks again
@@ -476,6 +478,7 @@ def test_ipv6(provider: str, make_socket) -> None:
         assert [bytes(v) for v in batch.views()] == [b"six"]
         (address,) = batch.addresses
         assert address[:2] == tx.getsockname()[:2] and len(address) == 4
+        assert list(batch.hosts) == [0]                  # IPv4 only: the tuples have IPv6
     tx.close()
 
 

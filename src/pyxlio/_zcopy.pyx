@@ -1280,6 +1280,25 @@ cdef class PacketBatch:
         return out
 
     @property
+    def hosts(self) -> array:
+        """IPv4 source addresses as an ``array('I')`` of host-order integers (0 where the
+        source is unknown or not IPv4): with :attr:`ports`, the sources with no object per
+        datagram (``ipaddress.IPv4Address(batch.hosts[i])`` names one)."""
+        self.check_live()
+        cdef array out = clone(UINT32_TEMPLATE, self.n, True)
+        cdef Py_ssize_t i
+        cdef unsigned short family
+        cdef uint32_t *o = <uint32_t *>out.data.as_voidptr
+        cdef slot_t *s
+        for i in range(self.n):
+            s = &self.st.slots[i]
+            if s.addrlen >= 8:
+                memcpy(&family, s.addr, 2)
+                if family == AF_INET:
+                    o[i] = ntohl((<unsigned int *>(s.addr + 4))[0])
+        return out
+
+    @property
     def addresses(self) -> list:
         """Source addresses, one tuple per datagram (as the socket module gives them)."""
         self.check_live()
