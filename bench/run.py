@@ -25,7 +25,9 @@ drain     loopback drain: the socket buffer is filled by a C sender first (SO_RC
 live      a C sender with UDP GSO (64 datagrams a send) at ~1.3 M datagrams/s on core 0, the
           receiver on core 1; drops from the sender's count and /proc/net/snmp RcvbufErrors.
 pingpong  64-byte busy-poll ping-pong on loopback against a C server (pxbench pp-server):
-          ``python -m pyxlio.perf ping-pong --busy-poll`` vs pxbench's C client, median half-RTT.
+          ``python -m pyxlio.perf ping-pong --busy-poll`` vs pxbench's C client, p50 and p99
+          half-RTT; then the server side: pxbench's C client against ``python -m pyxlio.perf
+          server --busy-poll`` vs against pxbench pp-server.
 memory    RSS before and after ten million datagrams received from the feed.
 
 Ratios: ``speed_vs_c = c_ns / ns`` (1.0 = as fast as C, higher is faster) and its inverse
@@ -42,7 +44,9 @@ import hashlib
 import json
 import os
 import platform
+import select
 import shutil
+import signal
 import socket
 import statistics
 import struct
@@ -352,7 +356,7 @@ def make_loop(method: str, sock: Any, max_packets: int = 64, every: int = 0) -> 
 def _callback_loop(sock: Any, every: int) -> Loop:
     """The callback path: fn(view, info) counts each datagram and returns DROP, except every
     `every`th (RECV: the receive call then returns it).  every == 0: always DROP (a drain:
-    non-blocking receive calls until the socket is empty)."""
+    non-blocking receive calls until `count` went through or the socket stays unreadable)."""
     calls = 0
     drop, recv = 0, 1   # Verdict.DROP, Verdict.RECV as plain ints
 
@@ -377,11 +381,20 @@ def _callback_loop(sock: Any, every: int) -> Loop:
             while calls < count:
                 rz().release()
         else:
+            # A non-blocking receive runs the callback on a bounded number of datagrams (XLIO
+            # polls its rings in bounded rounds; the emulator pulls batches) and may come back
+            # empty with more queued: only a socket that stays unreadable ends the drain early.
+            # (Not a blocking receive: with every datagram DROPped it would return only at its
+            # timeout.  select() may run the last callbacks itself, as XLIO's does: a short
+            # timeout, and progress counts as readable.)
             while calls < count:
                 b = rb(1, 0)
                 b.release()
-                if calls < count and not b:
-                    break    # drained (every datagram went through the callback)
+                if b or calls >= count:
+                    continue
+                before = calls
+                if not select.select([sock], [], [], 0.01)[0] and calls == before:
+                    break
         return calls
     return loop
 
@@ -1020,19 +1033,68 @@ def section_live(R: Results, tools: dict[str, str], quick: bool) -> None:
              "offered >= 95% of the rate count")
 
 
+@contextlib.contextmanager
+def _perf_server(cmd: list[str]) -> Iterator[subprocess.Popen[str]]:
+    """Start ``python -m pyxlio.perf server``: ready at its "listening on" line (stderr); stopped
+    with SIGINT (by pid, as a user's Ctrl-C) on the way out."""
+    p = subprocess.Popen(cmd, env=child_env(False), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr is not None
+        line = p.stderr.readline()
+        if "listening on" not in line:
+            p.kill()
+            raise RuntimeError(f"{' '.join(cmd[:6])}... did not start: {line!r}")
+        yield p
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            try:
+                p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.communicate()
+
+
+def _pp_row(name: str, rows: dict[str, list[JSONDict]], r: JSONDict) -> None:
+    r = r.get("result", r)
+    lat = r.get("latency", r)
+    rows.setdefault(name, []).append(
+        {"median_us": lat["percentiles"]["50"], "avg_us": lat["avg"],
+         "p99_us": lat["percentiles"]["99"], "min_us": lat["min"], "count": lat["count"]})
+
+
+def _pp_table(rows: dict[str, list[JSONDict]], ref: str, key: str) -> list[JSONDict]:
+    c50 = _med([x["median_us"] for x in rows[ref]])
+    c99 = _med([x["p99_us"] for x in rows[ref]])
+    out: list[JSONDict] = []
+    for name, runs in rows.items():
+        med = _med([x["median_us"] for x in runs])
+        p99 = _med([x["p99_us"] for x in runs])
+        out.append({key: name, "median_half_rtt_us": round(med, 3),
+                    "runs_median_us": [x["median_us"] for x in runs], "vs_c": round(med / c50, 4),
+                    "p99_half_rtt_us": round(p99, 3), "p99_vs_c": round(p99 / c99, 4),
+                    "runs": runs})
+        print(f"  {name:<40} half-RTT p50 {med:7.3f} us {med / c50:6.3f}x C   "
+              f"p99 {p99:7.3f} us {p99 / c99:6.3f}x C", flush=True)
+    return out
+
+
 def section_pingpong(R: Results, tools: dict[str, str], quick: bool) -> None:
     print("== ping-pong: 64 B, busy-poll, loopback, C server on core 0, client on core 1",
           flush=True)
     secs = 1.0 if quick else 2.0
     reps = 2 if quick else 3
-    methods = ["batch"] if quick else ["batch", "zcopy", "copy", "stdlib"]
+    methods = ["stdlib"] if quick else ["stdlib", "copy", "batch", "zcopy"]
     port = free_udp_port()
     server = [tools["pxbench"], "pp-server", "--port", str(port), "--cpu", str(SENDER_CPU),
-              "--seconds", str(reps * (len(methods) + 2) * (secs + 2.5) + 30)]
-    rows: dict[str, list[float]] = {}
-    detail: dict[str, list[JSONDict]] = {}
+              "--seconds", str(reps * (len(methods) + 8) * (secs + 2.5) + 30)]
+    rows: dict[str, list[JSONDict]] = {}
     taskset = shutil.which("taskset")
-    pin_cmd = [taskset, "-c", str(RECEIVER_CPU)] if taskset and (os.cpu_count() or 1) > 1 else []
+    pinned = taskset is not None and (os.cpu_count() or 1) > 1
+    pin_cmd = [taskset, "-c", str(RECEIVER_CPU)] if pinned and taskset else []
+    perf_pp = [sys.executable, "-m", "pyxlio.perf", "ping-pong", "-i", "127.0.0.1", "-p",
+               str(port), "-m", "64", "--busy-poll", "-t", str(secs), "--json", "-q"]
     with started(server, child_env(False)) as srv:
         for _ in range(reps):
             clients: list[tuple[str, list[str], bool]] = [
@@ -1040,11 +1102,13 @@ def section_pingpong(R: Results, tools: dict[str, str], quick: bool) -> None:
                                          f"127.0.0.1:{port}", "--size", "64", "--seconds",
                                          str(secs), "--cpu", str(RECEIVER_CPU)], False)]
             for m in methods:
-                clients.append((f"pyxlio.perf {m}", [*pin_cmd, sys.executable, "-m",
-                                                     "pyxlio.perf", "ping-pong", "-i",
-                                                     "127.0.0.1", "-p", str(port), "-m", "64",
-                                                     "--busy-poll", "--recv-method", m, "-t",
-                                                     str(secs), "--json", "-q"], False))
+                # stdlib and copy run the compiled loop (pyxlio.perf._loops), batch and zcopy
+                # the Python one.
+                clients.append((f"pyxlio.perf {m}", [*pin_cmd, *perf_pp, "--recv-method", m],
+                                False))
+            clients.append(("pyxlio.perf stdlib --python-loop",
+                            [*pin_cmd, *perf_pp, "--recv-method", "stdlib", "--python-loop"],
+                            False))
             for m in (["batch"] if quick else ["batch", "batch1", "batch_stdsend", "zcopy",
                                                "recv_into"]):
                 spec = {"op": "pingpong", "method": m, "port": port, "seconds": secs,
@@ -1054,31 +1118,50 @@ def section_pingpong(R: Results, tools: dict[str, str], quick: bool) -> None:
                                  json.dumps(spec)], False))
             if not quick:
                 clients.append(("pyxlio.perf batch (emulator)",
-                                [*pin_cmd, sys.executable, "-m", "pyxlio.perf", "ping-pong",
-                                 "-i", "127.0.0.1", "-p", str(port), "-m", "64", "--busy-poll",
-                                 "--recv-method", "batch", "-t", str(secs), "--json", "-q"],
-                                True))
+                                [*pin_cmd, *perf_pp, "--recv-method", "batch"], True))
             for name, cmd, emu in clients:
-                r = run_c(cmd, emu=emu, timeout=60)
-                r = r.get("result", r)
-                lat = r.get("latency", r)
-                p50 = lat["percentiles"]["50"]
-                rows.setdefault(name, []).append(p50)
-                detail.setdefault(name, []).append(
-                    {"median_us": p50, "avg_us": lat["avg"], "p99_us": lat["percentiles"]["99"],
-                     "min_us": lat["min"], "count": lat["count"]})
+                _pp_row(name, rows, run_c(cmd, emu=emu, timeout=60))
         srv.terminate()
-    c = _med(rows["C pxbench pp-client"])
-    out: list[JSONDict] = []
-    for name, meds in rows.items():
-        med = _med(meds)
-        out.append({"client": name, "median_half_rtt_us": round(med, 3),
-                    "runs_median_us": meds, "vs_c": round(med / c, 4), "runs": detail[name]})
-        print(f"  {name:<36} median half-RTT {med:7.3f} us   {med / c:.3f}x C", flush=True)
+    out = _pp_table(rows, "C pxbench pp-client", "client")
+
+    # The other direction: pxbench's C client against pyxlio.perf's server (busy-poll, on the
+    # server's core) and against pxbench's C server, one server at a time, rounds interleaved.
+    print("== ping-pong, server side: C client on core 1 against each server on core 0",
+          flush=True)
+    srows: dict[str, list[JSONDict]] = {}
+    pin0 = [taskset, "-c", str(SENDER_CPU)] if pinned and taskset else []
+    for _ in range(reps):
+        for name, extra in (("C pxbench pp-server", None),
+                            ("pyxlio.perf server", []),
+                            ("pyxlio.perf server --python-loop", ["--python-loop"])):
+            sport = free_udp_port()
+            client = [tools["pxbench"], "pp-client", "--dest", f"127.0.0.1:{sport}", "--size",
+                      "64", "--seconds", str(secs), "--cpu", str(RECEIVER_CPU)]
+            if extra is None:
+                with started([tools["pxbench"], "pp-server", "--port", str(sport), "--cpu",
+                              str(SENDER_CPU), "--seconds", str(secs + 30)],
+                             child_env(False)) as csrv:
+                    _pp_row(name, srows, run_c(client, timeout=60))
+                    csrv.terminate()
+            else:
+                with _perf_server([*pin0, sys.executable, "-m", "pyxlio.perf", "server", "-i",
+                                   "127.0.0.1", "-p", str(sport), "--busy-poll", "--json", "-q",
+                                   *extra]):
+                    _pp_row(name, srows, run_c(client, timeout=60))
+    sout = _pp_table(srows, "C pxbench pp-server", "server")
     R.sections["pingpong"] = out
+    R.sections["pingpong_server"] = sout
+    st = next(o for o in out if o["client"] == "pyxlio.perf stdlib")
+    R.target("ping-pong 64B busy-poll: pyxlio.perf client (compiled) p50 vs C",
+             _val(st, "vs_c"), "<=", 1.05, "x", "stdlib (the default); median of per-run medians")
+    R.target("ping-pong 64B busy-poll: pyxlio.perf client (compiled) p99 vs C",
+             _val(st, "p99_vs_c"), "<=", 1.2, "x", "stdlib; median of per-run p99s")
     b = next(o for o in out if o["client"] == "pyxlio.perf batch")
     R.target("ping-pong 64B busy-poll: pyxlio (batch) median half-RTT vs C", _val(b, "vs_c"),
-             "<=", 1.05, "x", "median of per-run medians")
+             "<=", 1.05, "x", "median of per-run medians (Python loop)")
+    sv = next(o for o in sout if o["server"] == "pyxlio.perf server")
+    R.target("ping-pong 64B busy-poll: C client vs pyxlio.perf server p50 vs C server",
+             _val(sv, "vs_c"), "<=", 1.10, "x", "stdlib, compiled loop; median of medians")
 
 
 def section_memory(R: Results, tools: dict[str, str], quick: bool, base: int) -> None:
@@ -1186,12 +1269,16 @@ def markdown(doc: JSONDict) -> str:
             out.append(f"| {r['receiver']} | {r['rate_asked'] / 1e6:.1f} M/s | "
                        f"{r['offered_rate'] / 1e6:.2f} M/s | {r['drop_pct']:.2f}% | "
                        f"+{r['rcvbuf_errors_delta']} |")
-    if doc.get("pingpong"):
-        out += ["", "| ping-pong client (64 B, busy-poll) | median half-RTT | vs C |",
-                "|---|---|---|"]
-        for r in doc["pingpong"]:
-            out.append(f"| {r['client']} | {r['median_half_rtt_us']:.3f} us | "
-                       f"{r['vs_c']:.3f}x |")
+    for sec, who in (("pingpong", "client"), ("pingpong_server", "server")):
+        if not doc.get(sec):
+            continue
+        out += ["", f"| ping-pong {who} (64 B, busy-poll) | p50 half-RTT | vs C | p99 | vs C |",
+                "|---|---|---|---|---|"]
+        for r in doc[sec]:
+            p99 = (f"{r['p99_half_rtt_us']:.3f} us | {r['p99_vs_c']:.3f}x"
+                   if "p99_vs_c" in r else "- | -")
+            out.append(f"| {r[who]} | {r['median_half_rtt_us']:.3f} us | {r['vs_c']:.3f}x | "
+                       f"{p99} |")
     if doc.get("memory"):
         out += ["", "| memory: method | RSS before | RSS after | datagrams |",
                 "|---|---|---|---|"]

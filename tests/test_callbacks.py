@@ -11,6 +11,7 @@ import time
 import pytest
 
 import pyxlio
+from conftest import free_udp_port, offloads_loopback
 from pyxlio import Verdict
 
 
@@ -33,13 +34,56 @@ def drain(rx: object, timeout: float = 0.3, errors: list[BaseException] | None =
             got.extend(bytes(v) for v in batch.views())
 
 
+VERDICT_OF = {b"d": Verdict.DROP, b"r": Verdict.RECV, b"h": Verdict.HOLD}
+
+
+def check_verdicts(rx: object, tx: stdsocket.socket, addr: object, path: str) -> None:
+    """DROP / RECV / HOLD with the same results whoever runs the callback."""
+    seen: list[tuple[bytes, object, int, str]] = []
+
+    def fn(view: memoryview, info: pyxlio.RecvInfo) -> Verdict:
+        data = bytes(view)
+        seen.append((data, info.src, info.payload_size, info.path))
+        return VERDICT_OF[data[:1]]
+
+    rx.set_recv_callback(fn)
+    assert rx.callback_path == path
+    for payload in (b"d1", b"r1", b"h1", b"r2", b"d2", b"h2"):
+        tx.sendto(payload, addr)
+    assert drain(rx) == [b"r1", b"r2"]
+    assert [s[0] for s in seen] == [b"d1", b"r1", b"h1", b"r2", b"d2", b"h2"]
+    assert all(s[1] == tx.getsockname() and s[2] == 2 and s[3] == path for s in seen)
+    held = list(rx.held)
+    assert [bytes(p) for p in held] == [b"h1", b"h2"]
+    assert all(p.zcopy == (path == "xlio") for p in held)
+    assert rx.outstanding == (2 if path == "xlio" else 0)
+    for p in held:
+        p.release()
+    rx.held.clear()
+    assert rx.outstanding == 0
+    rx.set_recv_callback(None)
+    assert rx.callback_path is None
+    tx.sendto(b"d-after", addr)
+    assert drain(rx) == [b"d-after"]
+    assert len(seen) == 6
+
+
 @pytest.mark.kernel_only
-def test_callbacks_need_xlio(provider: str, udp_pair) -> None:
-    rx, _, _ = udp_pair
-    with pytest.raises(pyxlio.XlioNotLoadedError):
-        rx.set_recv_callback(lambda v, i: Verdict.RECV)
-    with pytest.raises(pyxlio.XlioNotLoadedError):
-        rx.set_recv_filter(0, b"A")
+def test_callbacks_without_xlio_run_in_pyxlio(provider: str, udp_pair) -> None:
+    rx, tx, addr = udp_pair
+    assert rx.offloaded is False
+    check_verdicts(rx, tx, addr, "pyxlio")
+
+
+@pytest.mark.xlio
+def test_callbacks_on_a_socket_xlio_does_not_offload(provider: str, make_socket) -> None:
+    with pyxlio.offload(False):
+        rx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    assert rx.offloaded is False
+    with stdsocket.socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM) as tx:
+        tx.bind(("127.0.0.1", 0))
+        check_verdicts(rx, tx, rx.getsockname(), "pyxlio")
 
 
 def test_callback_argument_checks(provider: str, udp_pair) -> None:
@@ -57,36 +101,13 @@ def test_callback_argument_checks(provider: str, udp_pair) -> None:
 
 
 @pytest.mark.xlio
+@pytest.mark.offloaded      # XLIO runs the callback on the datagrams it offloads
 def test_verdicts_drop_recv_hold(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
-    seen: list[tuple[bytes, object, int]] = []
-
-    def fn(view: memoryview, info: pyxlio.RecvInfo) -> Verdict:
-        data = bytes(view)
-        seen.append((data, info.src, info.payload_size))
-        return {b"d": Verdict.DROP, b"r": Verdict.RECV, b"h": Verdict.HOLD}[data[:1]]
-
-    rx.set_recv_callback(fn)
     assert rx.offloaded is True
-    for payload in (b"d1", b"r1", b"h1", b"r2", b"d2", b"h2"):
-        tx.sendto(payload, addr)
-    assert drain(rx) == [b"r1", b"r2"]
-    assert [s[0] for s in seen] == [b"d1", b"r1", b"h1", b"r2", b"d2", b"h2"]
-    assert all(s[1] == tx.getsockname() and s[2] == 2 for s in seen)
-    held = list(rx.held)
-    assert [bytes(p) for p in held] == [b"h1", b"h2"]
-    assert all(p.zcopy for p in held) and rx.outstanding == 2
-    for p in held:
-        p.release()
-    rx.held.clear()
-    assert rx.outstanding == 0
-    rx.set_recv_callback(None)
-    tx.sendto(b"d-after", addr)
-    assert drain(rx) == [b"d-after"]
-    assert len(seen) == 6
+    check_verdicts(rx, tx, addr, "xlio")
 
 
-@pytest.mark.xlio
 def test_callback_info(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
     infos: list[pyxlio.RecvInfo] = []
@@ -97,13 +118,13 @@ def test_callback_info(provider: str, udp_pair) -> None:
     (info,) = infos
     assert info.fd == rx.fileno() and info.payload_size == 100 and info.fragments == 1
     assert info.src == tx.getsockname()
-    if provider == "emu":
+    assert info.path == ("xlio" if offloads_loopback(provider) else "pyxlio")
+    if provider != "libxlio":
         assert info.dst == addr
         assert before - 5_000_000_000 < info.sw_timestamp_ns < time.time_ns() + 5_000_000_000
     assert "RecvInfo" in repr(info)
 
 
-@pytest.mark.xlio
 def test_exception_in_callback_is_raised_from_a_receive_call(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
 
@@ -123,6 +144,7 @@ def test_exception_in_callback_is_raised_from_a_receive_call(provider: str, udp_
 
 
 @pytest.mark.xlio
+@pytest.mark.offloaded      # the callback runs inside the stdlib receive call (XLIO runs it)
 def test_stdlib_recv_also_reports_callback_exceptions(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
     rx.set_recv_callback(lambda v, i: 1 / 0)
@@ -134,6 +156,7 @@ def test_stdlib_recv_also_reports_callback_exceptions(provider: str, udp_pair) -
 
 
 @pytest.mark.xlio
+@pytest.mark.offloaded      # the callback runs inside the stdlib receive call (XLIO runs it)
 def test_callback_exception_never_raised_is_reported_at_close(provider: str,
                                                               make_socket) -> None:
     rx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
@@ -147,7 +170,6 @@ def test_callback_exception_never_raised_is_reported_at_close(provider: str,
         rx.close()
 
 
-@pytest.mark.xlio
 @pytest.mark.parametrize("verdict", [7, "RECV", None, True])
 def test_bad_verdict_is_an_error_and_delivers(provider: str, udp_pair, verdict: object) -> None:
     rx, tx, addr = udp_pair
@@ -160,6 +182,7 @@ def test_bad_verdict_is_an_error_and_delivers(provider: str, udp_pair, verdict: 
 
 
 @pytest.mark.xlio
+@pytest.mark.offloaded      # the view is of XLIO's buffer (a software callback sees a copy)
 def test_a_view_kept_past_the_callback_is_held_not_freed(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
     kept: list[memoryview] = []
@@ -183,7 +206,6 @@ def test_a_view_kept_past_the_callback_is_held_not_freed(provider: str, udp_pair
     assert rx.outstanding == 0
 
 
-@pytest.mark.xlio
 def test_c_filter_keeps_only_matching_datagrams(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
     rx.set_recv_filter(2, b"AB")
@@ -200,7 +222,6 @@ def test_c_filter_keeps_only_matching_datagrams(provider: str, udp_pair) -> None
     assert drain(rx) == [b"xxCD3"]
 
 
-@pytest.mark.xlio
 def test_c_filter_across_fragments_then_python(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
     rx.set_receive_buffer(1 << 20)
@@ -216,6 +237,7 @@ def test_c_filter_across_fragments_then_python(provider: str, udp_pair) -> None:
 
 
 @pytest.mark.xlio
+@pytest.mark.offloaded      # XLIO runs the callback before it reports readiness
 def test_readiness_never_contradicts_the_receive_call(provider: str, udp_pair) -> None:
     rx, tx, addr = udp_pair
     rx.set_recv_callback(lambda v, i: Verdict.DROP)
@@ -248,6 +270,7 @@ def test_dummy_send_needs_xlio_and_never_really_sends(provider: str, udp_pair,
 
 
 @pytest.mark.xlio
+@pytest.mark.offloaded      # XLIO accepts dummy sends on offloaded sockets only
 def test_dummy_send_is_counted_and_dropped(provider: str, udp_pair, make_socket,
                                            capfd) -> None:
     rx, _, addr = udp_pair
@@ -260,7 +283,7 @@ def test_dummy_send_is_counted_and_dropped(provider: str, udp_pair, make_socket,
     assert unconnected.sendmsg([b"q"], (), pyxlio.MSG_DUMMY, addr) == 1
     tx.send(b"real")
     assert drain(rx) == [b"real"]                    # the dummies never arrive
-    if provider == "emu":
+    if provider in ("emu", "emu-vma"):
         tx.stats()
         line = next(x for x in capfd.readouterr().err.splitlines()
                     if f"fd={tx.fileno()} " in x)
@@ -279,6 +302,7 @@ def test_dummy_send_on_a_socket_xlio_does_not_offload(provider: str, udp_pair,
 
 
 @pytest.mark.xlio
+@pytest.mark.offloaded      # XLIO accepts dummy sends on offloaded sockets only
 def test_warm_up_helper_is_bounded(provider: str, udp_pair, make_socket) -> None:
     rx, _, addr = udp_pair
     tx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
@@ -324,6 +348,9 @@ s.bind(("127.0.0.1", int(sys.argv[1])))
 s.set_recv_callback(lambda v, i: 0)               # DROP every datagram of an endless feed
 assert len(s.recv_batch(64, timeout=0)) == 0      # returns at once
 assert len(s.recv_batch(64, timeout=0.2)) == 0    # returns when the timeout expires
+# Ctrl-C raises KeyboardInterrupt even when this child inherits SIGINT ignored
+# (a suite started as a background job of a non-interactive shell).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
 try:
     s.recv_batch(64) if sys.argv[2] == "pyxlio" else s.recv(64)
@@ -342,8 +369,31 @@ def test_feed_whose_callback_drops_everything_never_hangs(call: str) -> None:
 
     from pyxlio import emu
 
-    proc = subprocess.run([sys.executable, "-c", FEED_DROP_ALL, "47391", call],
-                          env=emu.environ(strict=True, feed="47391:64"), capture_output=True,
+    port = free_udp_port()
+    proc = subprocess.run([sys.executable, "-c", FEED_DROP_ALL, str(port), call],
+                          env=emu.environ(strict=True, feed=f"{port}:64"), capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "interrupted"
+
+
+def test_pyxlio_run_callbacks_get_the_kernels_receive_time(provider: str, udp_pair) -> None:
+    """On the pyxlio path, sw_timestamp_ns is the kernel's receive time (SO_TIMESTAMPNS) where
+    the datagram came through pyxlio's recvmmsg: before the receive call began, not when pyxlio
+    took the datagram."""
+    rx, tx, addr = udp_pair
+    infos: list[pyxlio.RecvInfo] = []
+    rx.set_recv_callback(lambda v, info: infos.append(info) or Verdict.RECV)
+    # The kernel turns receive timestamping on through deferred work: a datagram that arrives
+    # in the first instants after SO_TIMESTAMPNS is set may be stamped only when it is read.
+    time.sleep(0.1)
+    sent = time.time_ns()
+    tx.sendto(b"stamped", addr)
+    time.sleep(0.2)
+    before_receive = time.time_ns()
+    assert drain(rx) == [b"stamped"]
+    (info,) = infos
+    if info.path == "pyxlio" and not rx.offloaded:
+        assert sent - 1_000_000 <= info.sw_timestamp_ns < before_receive
+    else:
+        assert info.sw_timestamp_ns > 0

@@ -3,7 +3,9 @@
 One test per bullet of the emulator's issue: API discovery and layouts, global init and the
 user allocator, recvfrom_zcopy (UDP, fragments, EAGAIN, not offloaded, TCP), free_packets and
 its error cases, receive callbacks and readiness, dummy send, statistics and rings, leak
-reports and strict mode, the in-memory feed, rules, fork and threads.
+reports and strict mode, the in-memory feed, rules, fork and threads; then the layouts 3.60,
+3.61 and 3.94x, the return values a real libxlio 3.51.1 gives (fact sheet section 9) and the
+offload modes (PYXLIO_EMU_OFFLOAD=all|none|no-loopback).
 """
 
 from __future__ import annotations
@@ -66,6 +68,56 @@ def test_api_layout_default_is_not_361(emu_build: tuple[str, str]) -> None:
     assert r.rc == 1 and "FAIL" in r.err
 
 
+def test_api_360_layout_callbacks_hold_and_no_free(emu_build: tuple[str, str]) -> None:
+    # 232 bytes, cap_mask 0x2819; callbacks on UDP only; HOLD honoured, but the layout has no
+    # free call: the held packet is reported when its socket closes (strict: exit 86); 0x400
+    # is MSG_SYN there (the datagram is sent)
+    r = run(emu_build, "discover-360", env={"PYXLIO_EMU_LAYOUT": "3.60"})
+    assert "ok discover-360" in r.out and "cap_mask=0x2819" in r.out, r.err
+    assert r.rc == emutest.STRICT_EXIT
+    w = r.warnings()
+    assert sum("never freed (outstanding=0 held=1): reclaimed as leaked" in x for x in w) == 1, w
+
+
+def test_api_394_layout_ioctl_and_dummy_send(emu_build: tuple[str, str]) -> None:
+    r = run(emu_build, "discover-394", env={"PYXLIO_EMU_LAYOUT": "3.94"})
+    assert_ok(r, "discover-394")
+    assert "cap_mask=0x3818" in r.out
+    (row,) = r.stats()
+    assert row["dummy_sends"] == "1"
+
+
+# ---- return values as a real libxlio 3.51.1 gives them, and the offload modes ---------------
+@pytest.mark.parametrize("mode", ["all", "none", "no-loopback"])
+def test_return_values_as_libxlio(emu_build: tuple[str, str], mode: str) -> None:
+    # register_recv_callback 0 for every wrapped socket (TCP too), EINVAL for others;
+    # dump_fd_stats 0 for any fd once started; rings -1 unbound UDP / not a socket, 0 kernel-
+    # served or unconnected TCP, 1 offloaded; rings_fds EINVAL only for n <= 0 or NULL
+    r = run(emu_build, "returns", env={"PYXLIO_EMU_OFFLOAD": mode})
+    assert_ok(r, "returns")
+
+
+def test_offload_none_behaves_like_a_real_host(emu_build: tuple[str, str]) -> None:
+    # copies (FORCE: EIO), dummy send EINVAL, callbacks accepted and never called, rings 0,
+    # recvmmsg one datagram a call, a zero-length datagram blocks the wrappers (not the raw call)
+    r = run(emu_build, "os-mode", env={"PYXLIO_EMU_OFFLOAD": "none"}, timeout=30)
+    assert_ok(r, "os-mode")
+    (row,) = r.stats()
+    assert row["offloaded"] == "no" and row["rx_zcopy"] == "0" and row["callback"] == "yes"
+
+
+def test_offload_no_loopback(emu_build: tuple[str, str]) -> None:
+    r = run(emu_build, "no-loopback", env={"PYXLIO_EMU_OFFLOAD": "no-loopback"})
+    assert_ok(r, "no-loopback")
+
+
+def test_offload_mode_in_the_verbose_init_line(emu_build: tuple[str, str]) -> None:
+    r = run(emu_build, "passthrough", env={"PYXLIO_EMU_OFFLOAD": "no-loopback",
+                                           "PYXLIO_EMU_LAYOUT": "3.94", "PYXLIO_EMU_VERBOSE": "1"})
+    assert_ok(r, "passthrough")
+    assert any("layout 3.94, offload no-loopback" in w for w in r.warnings()), r.err
+
+
 # ---- global init and the user allocator -------------------------------------------------
 @pytest.mark.parametrize("trigger", ["socket", "epoll"])
 def test_init_and_user_allocator(emu_build: tuple[str, str], trigger: str) -> None:
@@ -114,9 +166,43 @@ def test_recvfrom_zcopy_tcp(emu_build: tuple[str, str]) -> None:
 
 
 def test_pool_exhausted_enomem(emu_build: tuple[str, str]) -> None:
-    r = run(emu_build, "enomem", env={"XLIO_MEMORY_LIMIT": "16KB"})
+    r = run(emu_build, "enomem", env={"XLIO_MEMORY_LIMIT": "66240"})
     assert_ok(r, "enomem")
     assert sum("pool exhausted" in w for w in r.warnings()) == 1
+
+
+def test_small_pool_serves_again_with_idle_threads(emu_build: tuple[str, str]) -> None:
+    # issue 8: idle threads' spare buffers wedged a small pool for ever (ENOMEM on a 64 KiB
+    # datagram although every packet was free); it must serve any datagram once all are free
+    r = run(emu_build, "pool-small", env={"XLIO_MEMORY_LIMIT": "128KB"}, timeout=60)
+    assert_ok(r, "pool-small")
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_canary_on_packets_back_in_the_pool(emu_build: tuple[str, str], strict: bool) -> None:
+    # freed, dropped by a callback, held then freed, reclaimed at close: the payload reads 0xDB
+    r = run(emu_build, "canary", strict=strict)
+    assert "ok canary" in r.out, r.err
+    assert r.rc == (emutest.STRICT_EXIT if strict else 0), r.err
+    w = r.warnings()
+    assert sum("reclaimed as leaked" in x for x in w) == 1, w
+
+
+def test_recvfrom_zcopy_receive_flags(emu_build: tuple[str, str]) -> None:
+    # MSG_PEEK keeps the datagram (UDP, feed too), MSG_TRUNC gives the full length, MSG_WAITALL
+    # is ignored on UDP; MSG_ERRQUEUE and TCP MSG_PEEK/MSG_WAITALL are refused (EINVAL)
+    r = run(emu_build, "zcopy-flags", env={"PYXLIO_EMU_FEED": "45011:64"})
+    assert "ok zcopy-flags" in r.out and "feed peek checked" in r.out, r.err
+    assert r.rc == emutest.STRICT_EXIT
+    w = r.warnings()
+    assert sum("still queued" in x or "queued in the socket" in x for x in w) == 1, w
+    refused = [x for x in w if "refused with EINVAL" in x]
+    assert len(refused) == 4, w
+    assert sum("MSG_ERRQUEUE on an offloaded UDP socket" in x for x in refused) == 1
+    assert sum("MSG_ERRQUEUE on an offloaded TCP socket" in x for x in refused) == 1
+    assert sum("MSG_PEEK on an offloaded TCP socket" in x for x in refused) == 1
+    assert sum("MSG_WAITALL on an offloaded TCP socket" in x for x in refused) == 1
+    assert any("strict mode: 5 contract violation(s)" in x for x in w), w
 
 
 # ---- free_packets -----------------------------------------------------------------------
@@ -184,9 +270,11 @@ def test_dump_fd_stats_and_rings(emu_build: tuple[str, str]) -> None:
     assert (first["rx_packets"], first["rx_bytes"]) == ("3", "9")
     assert (first["rx_zcopy"], first["rx_copied"]) == ("2", "1")
     assert (first["outstanding"], first["held"], first["dropped"]) == ("1", "0", "0")
-    # levels 3 and -1 print, 8 is above the default XLIO_TRACELEVEL (3); then fd 0 = all sockets
-    assert len(rows) == 2 + 2
-    assert {row["fd"] for row in rows[2:]} == {fd, str(int(fd) + 1)}
+    # levels 3 and -1 print, 8 is above the default XLIO_TRACELEVEL (3), 9 and -2 are out of
+    # range (libxlio: INFO, they print); fds that are not sockets print nothing; then fd 0
+    assert len(rows) == 4 + 2
+    assert {row["fd"] for row in rows[:4]} == {fd}
+    assert {row["fd"] for row in rows[4:]} == {fd, str(int(fd) + 1)}
 
 
 def test_dump_fd_stats_tracelevel(emu_build: tuple[str, str]) -> None:

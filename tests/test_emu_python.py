@@ -15,14 +15,22 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "emu"))
 import emutest
 
+emu = emutest.load_emu()
+
+
+def _emulator_built() -> bool:
+    """Built in the source tree or in the installed package (a wheel)."""
+    try:
+        return os.path.isfile(emu.library_path())
+    except FileNotFoundError:
+        return False
+
+
 pytestmark = [
     pytest.mark.provider_independent,
-    pytest.mark.skipif(emutest.gcc() is None and not os.path.exists(
-        os.path.join(emutest.EMU_SRC, "libxlio_emu.so")),
-        reason="the emulator is not built and gcc is missing to build it"),
+    pytest.mark.skipif(emutest.gcc() is None and not _emulator_built(),
+                       reason="the emulator is not built and gcc is missing to build it"),
 ]
-
-emu = emutest.load_emu()
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +67,16 @@ def test_environ(lib: str) -> None:
     assert env["XLIO_MEMORY_LIMIT"] == "2MB" and env["XLIO_CONFIG_FILE"] == "/x/libxlio.conf"
     plain = emu.environ(base={})
     assert plain == {"LD_PRELOAD": lib}
+    assert emu.environ(offload="no-loopback", layout="3.94", base={}) == {
+        "LD_PRELOAD": lib, "PYXLIO_EMU_OFFLOAD": "no-loopback", "PYXLIO_EMU_LAYOUT": "3.94"}
     # not duplicated when already first
     assert emu.environ(base={"LD_PRELOAD": lib})["LD_PRELOAD"] == lib
 
 
 @pytest.mark.parametrize(
     "kw",
-    [{"layout": "3.60"}, {"feed": "5000"}, {"feed": "0:64"}, {"feed": "5000:7"}, {"frag_size": 63}],
+    [{"layout": "3.70"}, {"offload": "loopback"}, {"feed": "5000"}, {"feed": "0:64"},
+     {"feed": "5000:7"}, {"frag_size": 63}],
 )
 def test_environ_rejects(lib: str, kw: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -95,6 +106,19 @@ def test_cli_print_path_and_usage(lib: str) -> None:
     r = subprocess.run([sys.executable, "-m", "pyxlio.emu", "--", "/nonexistent/prog"], env=env,
                        capture_output=True, text=True)
     assert r.returncode == 127 and "cannot run" in r.stderr
+
+
+def test_cli_offload_option(lib: str) -> None:
+    env = emutest.python_env()
+    show = 'echo "$PYXLIO_EMU_OFFLOAD|$PYXLIO_EMU_LAYOUT"'
+    for mode in ("all", "none", "no-loopback"):
+        r = subprocess.run([sys.executable, "-m", "pyxlio.emu", f"--offload={mode}", "--layout",
+                            "3.60", "--", "sh", "-c", show], env=env, capture_output=True,
+                           text=True)
+        assert r.returncode == 0 and r.stdout.strip() == f"{mode}|3.60", r.stderr
+    r = subprocess.run([sys.executable, "-m", "pyxlio.emu", "--offload=loopback", "--", "true"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
 def test_cli_exec_passes_status_signal_and_env(lib: str) -> None:
@@ -175,9 +199,116 @@ print("workload ok")
 """
 
 
-def test_cpython_runs_unchanged_under_emulator_strict(lib: str) -> None:
-    env = emu.environ(strict=True, base=emutest.python_env())
+@pytest.mark.parametrize("offload", ["all", "none"])
+def test_cpython_runs_unchanged_under_emulator_strict(lib: str, offload: str) -> None:
+    env = emu.environ(strict=True, base=emutest.python_env(), offload=offload)
     r = py(CPYTHON_WORKLOAD, env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "workload ok" in r.stdout
     assert "pyxlio-emu" not in r.stderr, r.stderr
+
+
+# The same callback program (C filter, then DROP / RECV / HOLD, then a zero-length datagram)
+# under every provider the emulator can stand for, and without XLIO: the same results.  Where
+# XLIO does not run the callback (sockets it serves through the kernel, layouts without a
+# callback or without a free call) pyxlio runs it.
+CALLBACK_PROGRAM = """
+import json, socket
+import pyxlio
+from pyxlio import Verdict
+from pyxlio.socket import socket as xs
+VERDICT = {ord("d"): Verdict.DROP, ord("r"): Verdict.RECV, ord("h"): Verdict.HOLD}
+rx = xs(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind(("127.0.0.1", 0))
+addr = rx.getsockname()
+tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+seen, delivered, errors = [], [], []
+rx.set_recv_filter(0, b"k")
+rx.set_recv_callback(lambda v, i: seen.append((bytes(v), i.path)) or VERDICT[v[1]])
+for p in (b"kd1", b"xr1", b"kr1", b"kh1", b"xh2", b"kr2", b"kd2"):
+    tx.sendto(p, addr)
+def drain():
+    while True:
+        try:
+            b = rx.recv_batch(16, timeout=0.15)
+        except Exception as e:
+            errors.append(type(e).__name__)
+            continue
+        with b:
+            if not b:
+                return
+            delivered.extend(bytes(v).decode() for v in b.views())
+drain()
+held = [bytes(p).decode() for p in rx.held]
+for p in rx.held:
+    p.release()
+rx.held.clear()
+rx.clear_recv_filter()
+rx.set_recv_callback(None)
+tx.sendto(b"", addr)                # served by the kernel: the stdlib would block here
+tx.sendto(b"after", addr)
+drain()
+print(json.dumps({"seen": [s[0].decode() for s in seen], "paths": sorted({s[1] for s in seen}),
+                  "delivered": delivered, "held": held, "errors": errors,
+                  "filtered": rx.filtered, "offloaded": rx.offloaded,
+                  "provider": pyxlio.get_api().provider if pyxlio.get_api() else None}))
+rx.close()
+"""
+
+
+@pytest.mark.parametrize(("emu_opts", "offloaded", "path"), [
+    (None, False, "pyxlio"),                                  # no XLIO
+    ({}, True, "xlio"),                                       # emulator, loopback offloaded
+    ({"offload": "none"}, False, "pyxlio"),                   # as a real XLIO host
+    ({"offload": "no-loopback"}, False, "pyxlio"),
+    ({"layout": "3.60"}, None, "pyxlio"),                     # callbacks, no free call
+    ({"layout": "3.60", "offload": "none"}, None, "pyxlio"),
+    ({"layout": "3.61"}, None, "pyxlio"),                     # no callback member
+    ({"layout": "3.94"}, None, "pyxlio"),
+], ids=["kernel", "emu", "emu-none", "emu-no-loopback", "3.60", "3.60-none", "3.61", "3.94"])
+def test_callback_program_same_results_everywhere(lib: str, emu_opts: dict[str, str] | None,
+                                                  offloaded: bool | None, path: str) -> None:
+    import json
+
+    base = emutest.python_env()
+    env = base if emu_opts is None else emu.environ(strict=True, base=base, **emu_opts)
+    r = py(CALLBACK_PROGRAM, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.splitlines()[-1])
+    assert out["provider"] == (None if emu_opts is None else "emulator")
+    assert out["seen"] == ["kd1", "kr1", "kh1", "kr2", "kd2"]
+    assert out["delivered"] == ["kr1", "kr2", "", "after"]
+    assert out["held"] == ["kh1"] and out["errors"] == [] and out["filtered"] == 2
+    assert out["offloaded"] == offloaded and out["paths"] == [path]
+
+
+DUMMY_PROGRAM = """
+import socket
+from pyxlio.socket import socket as xs
+r = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+r.bind(("127.0.0.1", 0))
+r.settimeout(0.2)
+t = xs(socket.AF_INET, socket.SOCK_DGRAM)
+t.connect(r.getsockname())
+try:
+    print("sent", t.send_dummy(b"warm"))
+except Exception as e:
+    print("refused", type(e).__name__)
+try:
+    print("arrived", r.recv(10))
+except OSError:
+    print("nothing arrived")
+"""
+
+
+@pytest.mark.parametrize(("emu_opts", "want"), [
+    ({}, "sent 4"),                                       # legacy layout, offloaded
+    ({"layout": "3.94"}, "sent 4"),                       # 3.94x still has dummy sends
+    ({"layout": "3.60"}, "refused UnsupportedError"),     # removed in 3.60: would really send
+    ({"layout": "3.61"}, "refused UnsupportedError"),
+    ({"offload": "none"}, "refused XlioError"),           # not offloaded: -1/EINVAL
+], ids=["legacy", "3.94", "3.60", "3.61", "none"])
+def test_dummy_sends_per_layout_and_mode(lib: str, emu_opts: dict[str, str], want: str) -> None:
+    r = py(DUMMY_PROGRAM, emu.environ(strict=True, base=emutest.python_env(), **emu_opts))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [want, "nothing arrived"], r.stdout + r.stderr

@@ -94,7 +94,7 @@ def test_dispatcher() -> None:
     done = _run("frobnicate")
     assert done.returncode == 2 and "unknown command" in done.stderr
     done = _run("perf", "pp", "-m", "3")
-    assert done.returncode == 2 and "at least 14" in done.stderr
+    assert done.returncode == 2 and "min: 14" in done.stderr
     done = _run("info", "--json")
     assert done.returncode == 0, done.stderr
     assert isinstance(json.loads(done.stdout), dict)

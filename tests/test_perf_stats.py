@@ -22,9 +22,10 @@ def test_percentile_index_sockperf_rule() -> None:
     # n = 1000: p99.9 -> floor(999.5) - 1 = 998; p99 -> 989
     assert stats.percentile_index(1000, 0.999) == 998
     assert stats.percentile_index(1000, 0.99) == 989
-    # Small n: clamped to the first sample.
-    assert stats.percentile_index(1, 0.25) == 0
-    assert stats.percentile_index(3, 0.1) == 0
+    # Small n: sockperf's index is negative and it prints no line for that percentile.
+    assert stats.percentile_index(1, 0.25) == -1
+    assert stats.percentile_index(3, 0.1) == -1
+    assert stats.percentile_index(2, 0.25) == 0  # floor(1.0) - 1
 
 
 def test_percentile_index_errors() -> None:

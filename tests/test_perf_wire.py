@@ -113,8 +113,20 @@ def test_framer_keeps_a_partial_message() -> None:
 
 def test_framer_rejects_bad_length() -> None:
     framer = wire.StreamFramer(max_size=1000)
-    with pytest.raises(wire.WireError, match="bad length"):
+    with pytest.raises(wire.WireError, match="larger than expected"):
         framer.feed(wire.HEADER.pack(1, 1, 5000) + bytes(100), lambda m: None)
     framer = wire.StreamFramer()
     with pytest.raises(wire.WireError, match="bad length"):
         framer.feed(wire.HEADER.pack(1, 1, 3), lambda m: None)
+
+
+def test_framer_takes_sockperf_tcp_sizes() -> None:
+    # sockperf allows TCP messages up to 1 MiB - 1; a framer sized for that cuts them whole.
+    big = wire.MAX_TCP_MESSAGE
+    msg = wire.make_message(7, wire.CLIENT | wire.PONG, big)
+    framer = wire.StreamFramer(max_size=big)
+    seen: list[int] = []
+    for off in range(0, big, 65536):
+        framer.feed(msg[off:off + 65536], lambda m: seen.append(len(m)))
+    assert seen == [big]
+    assert wire.MAX_UDP_MESSAGE == 65507 and wire.MAX_TCP_MESSAGE == 1048575

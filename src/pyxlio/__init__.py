@@ -26,7 +26,7 @@ from pyxlio._api import (
     thread_offload,
     thread_offload_state,
 )
-from pyxlio._zcopy import Packet, PacketBatch, RecvInfo
+from pyxlio._zcopy import Packet, PacketBatch, Poller, RecvInfo
 from pyxlio.constants import (
     MSG_DUMMY,
     MSG_ZCOPY,
@@ -35,6 +35,7 @@ from pyxlio.constants import (
     Capability,
     Layout,
     LogLevel,
+    TimestampSource,
     Verdict,
 )
 from pyxlio.errors import UnsupportedError, XlioError, XlioNotLoadedError
@@ -52,7 +53,9 @@ __all__ = [
     "LogLevel",
     "Packet",
     "PacketBatch",
+    "Poller",
     "RecvInfo",
+    "TimestampSource",
     "UnsupportedError",
     "Verdict",
     "XlioError",
@@ -76,6 +79,7 @@ def _apply_env_allocator() -> None:
     if not spec or not available():
         return
     from pyxlio._api import _apply_env_allocator as apply
+    from pyxlio._log import logger
 
     try:
         apply(spec)
@@ -84,6 +88,8 @@ def _apply_env_allocator() -> None:
 
         warnings.warn(f"PYXLIO_ALLOCATOR={spec!r} was not applied: {exc}", RuntimeWarning,
                       stacklevel=3)
+    else:
+        logger.info("PYXLIO_ALLOCATOR=%r applied", spec)
 
 
 _apply_env_allocator()

@@ -7,3 +7,22 @@ cdef const xlio_ops_t *get_ops() noexcept nogil
 cdef int raise_xlio(int err, str call, str detail=*) except -1
 # The current fork generation: packets from an older generation belong to the parent.
 cdef unsigned long fork_generation() noexcept nogil
+
+# Can a packet XLIO's receive callback HOLDs be given back (recvfrom_zcopy_free_packets
+# exists)?  False on the 3.60 layout, which has callbacks and honours HOLD but cannot free.
+# Python: Api.can_return_held.
+cdef bint can_return_held() noexcept nogil
+# get_socket_rings_num(fd) of the loaded XLIO, or -2 (errno untouched) when the layout has none
+# (only the legacy layout has it).  >= 1 offloaded, 0 kernel-served, -1 unbound / not a socket.
+cdef int socket_rings_num(int fd) noexcept nogil
+# Whether XLIO offloads fd, from the ring count: 1 yes, 0 no (also: no XLIO loaded), -1 cannot
+# be known (no get_socket_rings_num in this layout, or an unbound socket).  errno preserved.
+cdef int offload_state(int fd) noexcept nogil
+# Has the loaded provider's global init run (dump_fd_stats(-1, 8) answers 0)?  1 yes, 0 no
+# (not yet, or it failed: it passes every socket to the kernel), -1 cannot tell (no provider,
+# or no dump_fd_stats).  errno preserved.  Python: Api.started.
+cdef int provider_started() noexcept nogil
+# Has XLIO been handed a function that takes the GIL (a receive callback's trampoline, a user
+# allocator)?  Sticky.  While it has not, non-blocking provider calls keep the GIL.
+cdef bint provider_calls_python() noexcept nogil
+cdef void note_provider_calls_python() noexcept nogil

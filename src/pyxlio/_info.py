@@ -12,8 +12,13 @@ from typing import Any
 
 def collect() -> dict[str, Any]:
     """The facts ``pyxlio info`` prints, as a dict."""
+    import socket
+
     import pyxlio
 
+    # XLIO (and libvma, and the emulator) start with a process's first socket: make one, so
+    # that `started` says whether the provider could start, not whether anything asked yet.
+    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).close()
     api = pyxlio.get_api()
     info: dict[str, Any] = {
         "pyxlio": pyxlio.__version__,
@@ -22,16 +27,23 @@ def collect() -> dict[str, Any]:
         "ld_preload": os.environ.get("LD_PRELOAD") or None,
     }
     if api is None:
-        info.update(provider=None, layout=None, cap_mask=None, capabilities=[], library=None)
+        info.update(provider=None, layout=None, cap_mask=None, capabilities=[], library=None,
+                    started=None)
     else:
         info.update(
             provider=api.provider,
             version=api.version,
             layout=api.layout.name,
+            layout_text=str(api.layout),
             layout_versions=api.layout.versions,
             cap_mask=f"{api.cap_mask:#x}",
-            capabilities=[c.name for c in pyxlio.Capability if api.has(c)],
+            family=api.family,
+            native_mask=f"{api.native_mask:#x}",
+            capabilities=[str(c) for c in pyxlio.Capability if api.has(c)],
             api_size=api.size,
+            can_return_held=api.can_return_held,
+            dummy_send=api.dummy_send,
+            started=api.started,
             library=api.library,
             emulator_version=api.emulator_version,
         )
@@ -55,13 +67,22 @@ def format_text(info: dict[str, Any]) -> str:
         lines.append("XLIO: not loaded (the kernel serves every call; run under libxlio with "
                      "LD_PRELOAD, or under the emulator: python -m pyxlio.emu -- CMD)")
     else:
+        vma = info.get("family") == "libvma"
         lines += [
-            f"XLIO: loaded, provider {info['provider']} ({info['version']})",
+            f"{'libvma' if vma else 'XLIO'}: loaded, provider {info['provider']} "
+            f"({info['version']})"
+            + ("" if info["started"] is not False else
+               ", NOT STARTED: it failed its initialisation (see its messages on stderr) and "
+               "passes every socket to the kernel"),
             f"  library:      {info['library']}",
-            f"  layout:       {info['layout']} (libxlio {info['layout_versions']}), "
-            f"xlio_api_t {info['api_size']} bytes",
-            f"  cap_mask:     {info['cap_mask']}",
+            f"  layout:       {info['layout_text']}, "
+            f"{'vma_api_t' if vma else 'xlio_api_t'} {info['api_size']} bytes",
+            f"  cap_mask:     {info['cap_mask']}"
+            + (f" (pyxlio's bits; vma_extra_supported_mask {info['native_mask']})" if vma
+               else ""),
             f"  capabilities: {', '.join(info['capabilities']) or '-'}",
+            f"  held packets: {'can' if info['can_return_held'] else 'cannot'} be returned to "
+            f"XLIO; dummy sends {'supported' if info['dummy_send'] else 'not supported'}",
         ]
     alloc = info["allocator"]
     lines.append(f"allocator: {alloc['kind'] or 'XLIO default'}"

@@ -98,6 +98,9 @@ cdef extern from "pyxlio/xlio_abi.h" nogil:
     int PYXLIO_API_LEGACY_SIZE_2_0
     int PYXLIO_API_LEGACY_SIZE_3_10
     int PYXLIO_API_LEGACY_SIZE_3_30_3
+    int PYXLIO_API_360_SIZE
+    int PYXLIO_API_361_SIZE
+    int PYXLIO_API_394_SIZE
     int PYXLIO_ZC_HEADER_BYTES
     int PYXLIO_ZC_PACKET_BYTES
     int PYXLIO_ZC_IOV_BYTES
@@ -114,6 +117,7 @@ cdef extern from "pyxlio/xlio_abi.h" nogil:
         PYXLIO_LAYOUT_360
         PYXLIO_LAYOUT_361
         PYXLIO_LAYOUT_394
+        PYXLIO_LAYOUT_VMA
 
     # zero-copy structures (packed)
     ctypedef struct pyxlio_zc_packet_t:
@@ -157,6 +161,8 @@ cdef extern from "pyxlio/xlio_abi.h" nogil:
     ctypedef void (*pyxlio_free_fn)(void *ptr) noexcept nogil
 
     pyxlio_layout_t pyxlio_layout_from_caps(uint64_t cap_mask)
+    # The size of xlio_api_t that cap_mask implies (nothing past it is ever read).
+    size_t pyxlio_layout_size(uint64_t cap_mask)
 
     # The resolved operations of whichever layout answered: NULL where the cap bit is clear.
     ctypedef struct xlio_ops_t "pyxlio_ops_t":
@@ -171,7 +177,27 @@ cdef extern from "pyxlio/xlio_abi.h" nogil:
         pyxlio_dump_fd_stats_fn dump_fd_stats
         pyxlio_ioctl_fn ioctl
         pyxlio_register_recv_callback_fn register_recv_callback
+        uint64_t native_mask
+        size_t api_size
     void pyxlio_resolve_ops(const void *api, xlio_ops_t *ops)
+
+    # libvma (struct vma_api_t): discovery with getsockopt(-1, SOL_SOCKET, 2800)
+    int PYXLIO_SO_VMA_GET_API
+    int PYXLIO_VMA_GET_API_FD
+    int PYXLIO_API_VMA_SIZE
+    int PYXLIO_API_VMA_MASK_OFFSET
+    long PYXLIO_VMA_IOCTL_SINCE
+    uint64_t PYXLIO_VMA_MASK_9_8_84
+    ctypedef struct pyxlio_vma_cap_t:
+        int vma_bit
+        int xlio_bit
+        long ops_offset
+        long vma_offset
+    const pyxlio_vma_cap_t *pyxlio_vma_caps
+    size_t PYXLIO_VMA_N_CAPS
+    uint64_t pyxlio_vma_caps_of(uint64_t vma_mask, int ioctl_ok)
+    int pyxlio_vma_mask_plausible(uint64_t v)
+    int pyxlio_resolve_vma_ops(const void *api, long version, int trusted, xlio_ops_t *ops)
     size_t pyxlio_build_user_alloc_cmsg(unsigned char *buf, uint8_t flags,
                                         pyxlio_alloc_fn alloc_fn, pyxlio_free_fn free_fn)
 

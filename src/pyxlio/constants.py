@@ -1,4 +1,10 @@
-"""Constants of the XLIO Extra API, as Python enums (numbers from pyxlio's ABI fact sheet)."""
+"""Constants of the XLIO Extra API, as Python enums (numbers from pyxlio's ABI fact sheet).
+
+Every enum here prints as words: on Python 3.11+ ``str()`` and ``format()`` of an IntEnum or an
+IntFlag give the bare number (``str(Layout.LEGACY) == "0"``), which tells a user nothing.  Here
+``str(Layout.LEGACY)`` is ``"legacy (libxlio 2.0-3.51)"``, ``str(Capability.IOCTL)`` is
+``"IOCTL"``; a numeric format (``f"{cap:#x}"``, ``f"{level:d}"``) still formats the number.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,49 @@ MSG_ZCOPY_FORCE = 0x01000000
 MSG_ZCOPY = 0x00040000
 
 
-class Capability(enum.IntFlag):
+_NUMERIC_FORMATS = frozenset("bcdoxXneEfFgG%")
+
+
+def _format(self: enum.Enum, text: str, spec: str) -> str:
+    """format(): a numeric presentation type formats the number, anything else the text."""
+    if spec and spec[-1] in _NUMERIC_FORMATS:
+        return format(int(self.value), spec)
+    return format(text, spec)
+
+
+class _NamedInt(enum.IntEnum):
+    """An IntEnum whose str() and format() say its name (its repr stays ``<Cls.NAME: n>``)."""
+
+    def __str__(self) -> str:
+        return str(self.name)
+
+    def __format__(self, spec: str) -> str:
+        return _format(self, str(self), spec)
+
+
+class _NamedFlag(enum.IntFlag):
+    """An IntFlag whose str() and format() say its bits' names (``"RX|TX"``, ``"none"``)."""
+
+    def __str__(self) -> str:
+        value = int(self.value)
+        for name, member in type(self).__members__.items():   # BOTH, not "TX|RX"
+            if int(member.value) == value:
+                return name
+        names, known = [], 0
+        for flag in type(self):
+            bit = int(flag.value)
+            known |= bit
+            if value & bit:
+                names.append(str(flag.name))
+        if value & ~known:
+            names.append(f"{value & ~known:#x}")
+        return "|".join(names) or "none"
+
+    def __format__(self, spec: str) -> str:
+        return _format(self, str(self), spec)
+
+
+class Capability(_NamedFlag):
     """Bits of ``xlio_api_t.cap_mask`` (names as in XLIO, without ``XLIO_EXTRA_API_``)."""
 
     REGISTER_RECV_CALLBACK = 1 << 0
@@ -44,20 +92,56 @@ class Capability(enum.IntFlag):
 
 
 class Layout(enum.IntEnum):
-    """Which ``xlio_api_t`` layout the loaded library uses (told from cap_mask)."""
+    """Which ``xlio_api_t`` layout the loaded library uses (told from cap_mask).
+
+    ``str()`` names it with its releases (``"legacy (libxlio 2.0-3.51)"``); ``int()`` is
+    pyxlio's own number for it (``Layout.LEGACY == 0``)."""
 
     LEGACY = 0  #: libxlio 2.0 .. 3.51.x: zero-copy receive, callbacks, ioctl, dummy send
-    V3_60 = 1  #: 3.60.x: rules, thread offload, stats, callbacks
+    V3_60 = 1  #: 3.60.x: rules, thread offload, stats, callbacks (held packets cannot be freed)
     V3_61 = 2  #: 3.61 and later: rules, thread offload, stats
-    V3_94 = 3  #: 3.94x (DOCA branch): rules, thread offload, stats, ioctl
+    V3_94 = 3  #: 3.94x (DOCA branch): rules, thread offload, stats, ioctl, dummy send
+    #: libvma's ``struct vma_api_t`` (8.8.2 and later; found with getsockopt(-1, ...)): what the
+    #: legacy layout offers, the allocator ioctl only from 9.8.70
+    VMA = 4
 
     @property
     def versions(self) -> str:
-        """The libxlio versions that use this layout."""
-        return {0: "2.0-3.51.x", 1: "3.60.x", 2: "3.61+", 3: "3.94x (DOCA)"}[int(self)]
+        """The library versions that use this layout (libxlio's, or libvma's for VMA)."""
+        return {0: "2.0-3.51.x", 1: "3.60.x", 2: "3.61+", 3: "3.94x (DOCA)",
+                4: "libvma 8.8.2-9.8.x"}[int(self)]
+
+    @property
+    def label(self) -> str:
+        """What ``str()`` says: the layout's short name and its releases."""
+        return {0: "legacy (libxlio 2.0-3.51)", 1: "3.60 (libxlio 3.60.x)",
+                2: "3.61+ (libxlio 3.61 and later)", 3: "3.94x (libxlio 3.94x, DOCA)",
+                4: "vma (libvma 9.x)"}[int(self)]
+
+    @property
+    def has_dummy_send(self) -> bool:
+        """Does this layout's library implement the dummy-send flag (:data:`MSG_DUMMY`)?
+
+        The legacy layout and 3.94x do (3.941.0: ``XLIO_SND_FLAGS_DUMMY`` in xlio_types.h,
+        honoured by sockinfo_udp/sockinfo_tcp, refused with EINVAL for sockets it does not
+        offload); 3.60 removed it, so under 3.60+ the flag would reach the kernel as MSG_SYN
+        and the datagram would really be sent.  libvma has it too (VMA_SND_FLAGS_DUMMY, the
+        same 0x400; refused with EINVAL for a socket it does not offload)."""
+        return self in (Layout.LEGACY, Layout.V3_94, Layout.VMA)
+
+    @property
+    def provider(self) -> str:
+        """The library family of this layout: ``"libvma"`` or ``"libxlio"``."""
+        return "libvma" if self is Layout.VMA else "libxlio"
+
+    def __str__(self) -> str:
+        return self.label
+
+    def __format__(self, spec: str) -> str:
+        return _format(self, self.label, spec)
 
 
-class LogLevel(enum.IntEnum):
+class LogLevel(_NamedInt):
     """XLIO's ``vlog_levels_t``: the level :func:`pyxlio.dump_fd_stats` prints at."""
 
     NONE = -1
@@ -72,7 +156,7 @@ class LogLevel(enum.IntEnum):
     ALL = 8
 
 
-class Verdict(enum.IntEnum):
+class Verdict(_NamedInt):
     """What a receive callback decides for a datagram."""
 
     DROP = 0  #: discard it
@@ -80,9 +164,21 @@ class Verdict(enum.IntEnum):
     HOLD = 2  #: keep it: it becomes a :class:`pyxlio.Packet` in ``sock.held``
 
 
-class AllocTarget(enum.IntFlag):
+class AllocTarget(_NamedFlag):
     """Which XLIO buffer pools a user allocator serves."""
 
     TX = 1
     RX = 2
     BOTH = 3
+
+
+class TimestampSource(_NamedInt):
+    """Where a value of ``PacketBatch.timestamps`` came from (``batch.timestamp_sources``)."""
+
+    #: pyxlio's CLOCK_REALTIME reading when its receive pass returned with the datagram (the
+    #: provider gave none: XLIO's zero-copy receive returns no control messages)
+    PYXLIO = 0
+    #: the kernel's software receive time (SO_TIMESTAMPNS / SO_TIMESTAMPING software)
+    KERNEL = 1
+    #: the NIC's raw hardware stamp (SO_TIMESTAMPING), in the NIC's clock
+    HARDWARE = 2

@@ -18,10 +18,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyxlio import _api
-from pyxlio._zcopy import Packet, PacketBatch, RecvInfo, SocketEngine
+from pyxlio._log import logger
+from pyxlio._zcopy import Packet, PacketBatch, RecvInfo, SocketEngine, _EngineMethod
 from pyxlio.constants import MSG_DUMMY, Layout, LogLevel, Verdict
 from pyxlio.errors import UnsupportedError, XlioError, XlioNotLoadedError
 
@@ -45,7 +46,29 @@ _IP_DROP_SOURCE_MEMBERSHIP = getattr(_stdsocket, "IP_DROP_SOURCE_MEMBERSHIP", 40
 RecvCallback = Callable[[memoryview, RecvInfo], "Verdict | int"]
 
 
-class socket(_stdsocket.socket):
+class _EngineGuard(_stdsocket.SocketType):
+    """Sits between :class:`socket.socket` and the C socket type in pyxlio's socket's MRO, so
+    ``socket.socket.detach(s)`` (whose ``super().detach()`` lands here) frees the engine's
+    packets, or refuses while a view is exported, before the descriptor is given away, as
+    pyxlio's own :meth:`socket.detach` does.  (``socket.socket.close(s)`` goes through
+    ``_real_close``.)  Adds no state."""
+
+    __slots__ = ()
+
+    def detach(self) -> int:
+        engine = getattr(self, "_engine", None)
+        if engine is not None and not engine.closed:
+            try:
+                engine.close()
+            except BufferError:
+                # socket.socket.detach set _closed before it got here: the socket stays open,
+                # so a later close() (or `with`) must still close it.
+                self._closed = False
+                raise
+        return _stdsocket.SocketType.detach(self)
+
+
+class socket(_stdsocket.socket, _EngineGuard):
     """A :class:`socket.socket` with XLIO's Extra API.  Same constructor as the stdlib's."""
 
     __slots__ = ("_engine",)
@@ -97,8 +120,9 @@ class socket(_stdsocket.socket):
         return self._engine.recvfrom_zcopy(flags, force)
 
     def recv_batch(self, max_packets: int = 64, timeout: float | None = None, *,
-                   addresses: bool = True) -> PacketBatch:
-        """Receive up to `max_packets` datagrams in one call, with the GIL released.
+                   addresses: bool = True,
+                   timestamps: bool | str = False) -> PacketBatch:
+        """Receive up to `max_packets` datagrams in one call (it waits without the GIL).
 
         Waits for the first datagram (`timeout` None: the socket's own timeout or blocking
         mode; 0: do not wait), then takes what is ready without waiting.  Returns an empty
@@ -106,8 +130,31 @@ class socket(_stdsocket.socket):
         free call returns every buffer to XLIO.  ``addresses=False`` does not ask for source
         addresses (they read as None): the kernel then skips a sockaddr copy per datagram,
         which a feed handler that knows its sources need not pay.
+
+        ``timestamps=True`` (or ``"software"``) gives ``batch.timestamps``, one int64
+        CLOCK_REALTIME nanosecond value per datagram: the kernel's receive time
+        (SO_TIMESTAMPNS).  ``"hardware"`` asks SO_TIMESTAMPING for the NIC's raw hardware
+        stamp where the NIC and driver give one (the NIC's clock: CLOCK_REALTIME only when
+        synchronised to it, e.g. by phc2sys; the interface's hardware stamping must be switched
+        on, SIOCSHWTSTAMP, which pyxlio does not do), the kernel's software stamp otherwise.
+        Where no stamp is given (XLIO's zero-copy receive returns no control messages, and
+        datagrams queued before the first request), the value is pyxlio's own CLOCK_REALTIME
+        reading when its receive pass returned with the datagram; ``batch.timestamp_sources``
+        says which (0 pyxlio, 1 kernel, 2 hardware).  Never a silent 0.
         """
-        return self._engine.recv_batch(max_packets, timeout, addresses)
+        return self._engine.recv_batch(max_packets, timeout, addresses=addresses,
+                                       timestamps=timestamps)
+
+    if not TYPE_CHECKING:
+        # On an instance, these two are the engine's own methods (no Python frame per call);
+        # the functions above are what the class, help() and the type checkers see.
+        recvfrom_zcopy = _EngineMethod(recvfrom_zcopy)
+        recv_batch = _EngineMethod(recv_batch)
+
+    def enable_timestamps(self, timestamps: bool | str = True) -> bool:
+        """Switch the kernel's receive timestamps on now, so datagrams queued before the first
+        ``recv_batch(timestamps=...)`` are stamped too.  False when the kernel refuses."""
+        return self._engine.switch_timestamps(timestamps)
 
     @property
     def max_datagram(self) -> int:
@@ -133,21 +180,30 @@ class socket(_stdsocket.socket):
 
     # -- receive callbacks ------------------------------------------------------------------
     def set_recv_callback(self, fn: RecvCallback | None) -> None:
-        """Call ``fn(view, info)`` for each datagram XLIO pulls, inside the receive call.
+        """Call ``fn(view, info)`` for each datagram, inside the receive call.
 
         `view` is a read-only memoryview valid during the call only; `info` a
         :class:`pyxlio.RecvInfo`.  Return :class:`pyxlio.Verdict`: DROP discards the datagram,
         RECV queues it for the receive calls, HOLD keeps it as a :class:`pyxlio.Packet` in
         :attr:`held`, to release later.  An exception in `fn` is kept and raised from this
         socket's next receive call (the datagram is delivered).  ``None`` unregisters.
-        Needs XLIO (offloaded sockets only).
+
+        XLIO runs it on the datagrams it offloads; on every other datagram (no XLIO, a socket
+        XLIO does not offload, a layout without callbacks) pyxlio runs it itself in
+        :meth:`recv_batch` and :meth:`recvfrom_zcopy`, with the same verdicts
+        (:attr:`callback_path`, ``info.path``).  The stdlib calls (``recv``, ``recvfrom``...)
+        run it only where XLIO does.  Inside `fn`, receive and close calls on pyxlio sockets
+        raise RuntimeError; releases are made when the receive call returns.
         """
         self._engine.set_recv_callback(fn)
+        if fn is not None:
+            logger.debug("socket fd %d: receive callback %r runs on the %s path", self.fileno(),
+                         fn, self._engine.callback_path)
 
     def set_recv_filter(self, offset: int, pattern: bytes, keep: bool = True) -> None:
         """Filter in C, with no Python per datagram: keep (or, with ``keep=False``, drop) the
         datagrams whose bytes at `offset` equal `pattern` (1..64 bytes); the others are dropped
-        (kept).  Runs before any Python callback.  Needs XLIO."""
+        (kept).  Runs before any Python callback, where the callback runs."""
         self._engine.set_recv_filter(offset, pattern, keep)
 
     def clear_recv_filter(self) -> None:
@@ -158,6 +214,14 @@ class socket(_stdsocket.socket):
     def filtered(self) -> int:
         """Datagrams dropped by the C-level filter."""
         return self._engine.filtered
+
+    @property
+    def callback_path(self) -> str | None:
+        """Who runs this socket's receive callback and filter: ``"xlio"`` (XLIO, inside its
+        receive path, on the datagrams it offloads; pyxlio on any that arrive as copies),
+        ``"pyxlio"`` (pyxlio itself, on every datagram its receive calls take: no XLIO, a
+        socket XLIO does not offload, a layout without callbacks), or None when none is set."""
+        return self._engine.callback_path
 
     @property
     def held(self) -> deque[Packet]:
@@ -200,9 +264,11 @@ class socket(_stdsocket.socket):
             # Without XLIO the kernel would take 0x400 (MSG_SYN) and really send the data.
             raise XlioNotLoadedError("send", "MSG_DUMMY needs XLIO: without it the datagram "
                                      "would really be sent")
-        if api.layout is not Layout.LEGACY:
+        if not api.dummy_send:
+            # 3.60 removed the flag (3.61+ too); the legacy layout and 3.94x keep it.
             raise UnsupportedError("send", "dummy sends were removed in libxlio 3.60: this "
-                                   f"XLIO ({api.layout.versions} layout) would really send")
+                                   f"XLIO (layout {api.layout}) would really send; they need "
+                                   f"layout {Layout.LEGACY} or {Layout.V3_94}")
 
     def _dummy_error(self, exc: OSError) -> XlioError:
         return XlioError(exc.errno or 0, "XLIO refused the dummy send: the socket is not "
@@ -216,6 +282,15 @@ class socket(_stdsocket.socket):
             except OSError as exc:
                 raise self._dummy_error(exc) from None
         return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._check_dummy(flags)
+        try:
+            super().sendall(data, flags)
+        except OSError as exc:
+            if flags & MSG_DUMMY:
+                raise self._dummy_error(exc) from None
+            raise
 
     def sendto(self, data: Any, *args: Any) -> int:
         flags = args[0] if len(args) == 2 else 0
@@ -295,7 +370,12 @@ class socket(_stdsocket.socket):
             self.setsockopt(_stdsocket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
         except PermissionError:
             self.setsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF, size)
-        return self.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF)
+            logger.debug("socket fd %d: SO_RCVBUFFORCE not permitted, SO_RCVBUF used "
+                         "(capped by net.core.rmem_max)", self.fileno())
+        granted: int = self.getsockopt(_stdsocket.SOL_SOCKET, _stdsocket.SO_RCVBUF)
+        logger.debug("socket fd %d: receive buffer %d bytes asked, %d granted", self.fileno(),
+                     size, granted)
+        return granted
 
     # -- statistics and rings ---------------------------------------------------------------
     def stats(self, level: int = LogLevel.INFO) -> None:
@@ -316,12 +396,27 @@ class socket(_stdsocket.socket):
 
     def close(self) -> None:
         """Release every packet still held (BufferError while a view of one is exported),
-        unregister the receive callback, then close."""
+        unregister the receive callback, then close.  A receive blocked in another thread
+        raises OSError (EBADF); close() inside the socket's own receive callback raises
+        RuntimeError."""
+        self._close_engine()
+        super().close()
+
+    def _real_close(self) -> None:
+        # socket.socket.close(s) (the base class's own close, or the last makefile() reference
+        # going away) lands here: the engine closes before the fd, whichever way in.
+        try:
+            self._close_engine()
+        except BufferError:
+            self._closed = False   # socket.close() set it first: the socket stays usable
+            raise
+        super()._real_close()  # type: ignore[misc]
+
+    def _close_engine(self) -> None:
         engine = getattr(self, "_engine", None)
-        if engine is not None and self.fileno() >= 0:
+        if engine is not None and not engine.closed and self.fileno() >= 0:
             engine.close()
             _warn_unraised(engine)
-        super().close()
 
     def detach(self) -> int:
         engine = getattr(self, "_engine", None)
@@ -333,13 +428,18 @@ class socket(_stdsocket.socket):
         engine = getattr(self, "_engine", None)
         if engine is not None and self.fileno() >= 0 and not engine.closed:
             if engine.exports > 0:
-                # Views still read this socket's buffers: keep the fd open until they go.
-                engine.adopt_fd(super().detach())
+                # Views still read this socket's buffers: keep the fd open until they go (the
+                # engine closes it when its last batch is gone).  The C type's detach: the
+                # guard's would refuse, rightly, while views are exported.
+                self._closed = True
+                engine.adopt_fd(_stdsocket.SocketType.detach(self))
                 return
             try:
                 engine.close()
             except Exception:
-                pass
+                # A finalizer cannot raise; the fd is closed by the base class below.
+                logger.debug("socket fd %d: engine close at collection failed", self.fileno(),
+                             exc_info=True)
         super().__del__()  # type: ignore[misc]
 
 

@@ -21,8 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -180,13 +182,90 @@ static int case_discover_361(void) {
     CHECK_RC(a->thread_offload(1, pthread_self()), -1, EINVAL);
     CHECK_RC(a->dump_fd_stats(0, 3), -1, EINVAL);
     CHECK_RC(a->add_conf_rule("use os udp_receiver *:1\n"), 0, 0);
-    void **sock_api = (void **)(void *)((unsigned char *)p + 40);
-    for (int i = 0; i < 16; i++) CHECK_RC(((int (*)(void))sock_api[i])(), -1, EOPNOTSUPP);
+    /* the 23-member Ultra API from offset 40: the struct is 224 bytes */
+    void **ultra = (void **)(void *)((unsigned char *)p + 40);
+    for (int i = 0; i < 23; i++) CHECK_RC(((int (*)(void))ultra[i])(), -1, EOPNOTSUPP);
     int fd = udp_sock(0);
     CHECK_RC(a->thread_offload(1, pthread_self()), 0, 0);
     CHECK_RC(a->dump_fd_stats(fd, 3), 0, 0);
-    CHECK_RC(a->dump_fd_stats(fd, 9), -1, EINVAL);
+    CHECK_RC(a->dump_fd_stats(fd, 9), 0, 0);     /* out of range: INFO, as libxlio */
+    CHECK_RC(a->dump_fd_stats(12345, 3), 0, 0);
+    /* no dummy send in this layout: 0x400 is MSG_SYN, the datagram goes out */
+    struct sockaddr_in ra;
+    int r = udp_bound(&ra, 1);
+    CHECK_RC(sendto(fd, "syn", 3, PYXLIO_SND_FLAGS_DUMMY, (struct sockaddr *)&ra, sizeof ra), 3, 0);
+    char buf[8];
+    usleep(10000);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), 3, 0);
+    close(r);
     close(fd);
+    return 0;
+}
+
+/* 3.60: callbacks (UDP only) and HOLD, no zero-copy receive, no free call, no rings */
+static pyxlio_verdict_t hold_cb(int fd, size_t sz_iov, struct iovec iov[], pyxlio_recv_info_t *info,
+                                void *context) {
+    int *calls = context;
+    (*calls)++;
+    return ((const char *)iov[0].iov_base)[0] == 'H' ? PYXLIO_PACKET_HOLD : PYXLIO_PACKET_RECV;
+}
+
+static int case_discover_360(void) {
+    void *p = get_api_raw();
+    CHECK(p, "no API");
+    pyxlio_api_360_t *a = p;
+    printf("cap_mask=%#llx\n", (unsigned long long)a->cap_mask);
+    CHECK(a->cap_mask == 0x2819, "cap_mask");
+    CHECK(pyxlio_layout_from_caps(a->cap_mask) == PYXLIO_LAYOUT_360, "layout");
+    CHECK(a->add_conf_rule && a->thread_offload && a->dump_fd_stats && a->register_recv_callback, "members");
+    void **ultra = (void **)(void *)((unsigned char *)p + 48);   /* 48 + 23 * 8 = 232 bytes */
+    for (int i = 0; i < 23; i++) CHECK_RC(((int (*)(void))ultra[i])(), -1, EOPNOTSUPP);
+    CHECK_RC(a->register_recv_callback(12345, hold_cb, NULL), -1, EINVAL);
+    struct sockaddr_in ra;
+    int r = udp_bound(&ra, 0), s = udp_sock(0);
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK_RC(a->register_recv_callback(t, hold_cb, NULL), -1, EINVAL);  /* 3.60: UDP only */
+    close(t);
+    int calls = 0;
+    CHECK_RC(a->register_recv_callback(r, hold_cb, &calls), 0, 0);
+    send_to(s, &ra, "Hold", 4);
+    send_to(s, &ra, "Recv", 4);
+    char buf[16];
+    CHECK_RC(recv(r, buf, sizeof buf, 0), 4, 0);
+    CHECK(memcmp(buf, "Recv", 4) == 0 && calls == 2, "calls %d", calls);
+    /* the held packet can never be given back: closing the socket reports it */
+    CHECK_RC(sendto(s, "syn", 3, PYXLIO_SND_FLAGS_DUMMY, (struct sockaddr *)&ra, sizeof ra), 3, 0);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), 3, 0);     /* MSG_SYN: sent for real */
+    CHECK(calls == 3, "calls %d", calls);
+    close(r);
+    close(s);
+    return 0;
+}
+
+/* 3.94x: ioctl and dummy sends, no callback, no zero-copy receive */
+static int case_discover_394(void) {
+    void *p = get_api_raw();
+    CHECK(p, "no API");
+    pyxlio_api_394_t *a = p;
+    printf("cap_mask=%#llx\n", (unsigned long long)a->cap_mask);
+    CHECK(a->cap_mask == 0x3818, "cap_mask");
+    CHECK(pyxlio_layout_from_caps(a->cap_mask) == PYXLIO_LAYOUT_394, "layout");
+    void **sock_api = (void **)(void *)((unsigned char *)p + 48);   /* 48 + 16 * 8 = 176 */
+    for (int i = 0; i < 16; i++) CHECK_RC(((int (*)(void))sock_api[i])(), -1, EOPNOTSUPP);
+    CHECK_RC(a->ioctl(NULL, 0), -1, EINVAL);
+    unsigned char cm[PYXLIO_USER_ALLOC_CMSG_SPACE];
+    size_t cl = pyxlio_build_user_alloc_cmsg(cm, PYXLIO_USER_ALLOC_RX, malloc, free);
+    CHECK_RC(a->ioctl(cm, cl), 0, 0);                /* before the global init */
+    struct sockaddr_in ra;
+    int r = udp_bound(&ra, 1), s = udp_sock(0);
+    CHECK_RC(a->ioctl(cm, cl), -1, EINVAL);          /* after it */
+    CHECK_RC(sendto(s, "dummy", 5, PYXLIO_SND_FLAGS_DUMMY, (struct sockaddr *)&ra, sizeof ra), 5, 0);
+    char buf[8];
+    usleep(10000);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), -1, EAGAIN);  /* dropped, as by the NIC */
+    CHECK_RC(a->dump_fd_stats(s, 3), 0, 0);
+    close(r);
+    close(s);
     return 0;
 }
 
@@ -478,19 +557,39 @@ static int case_not_offloaded(void) {
     int s = udp_sock(0);
     CHECK_RC(api->thread_offload(0, pthread_self()), 0, 0);
     int r = udp_bound(&a, 0);
+    int unbound = udp_sock(0);
     CHECK_RC(api->thread_offload(1, pthread_self()), 0, 0);
+    CHECK_RC(api->get_socket_rings_num(unbound), 0, 0);   /* never XLIO's: 0, not -1 */
+    close(unbound);
+    /* libxlio 3.51.1 never adds it to its collection (fd_collection.cpp addsocket), so the
+     * Extra API treats it as an fd it does not know: recvfrom_zcopy is the kernel's recvfrom
+     * with the caller's flags (FORCE ignored: a copy), ZCOPY never set */
     send_to(s, &a, "copy", 4);
     flags = PYXLIO_MSG_XLIO_ZCOPY_FORCE;
-    CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), -1, EIO);
-    flags = PYXLIO_MSG_XLIO_ZCOPY;  /* stale out-flag must be cleared */
+    CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), 4, 0);
+    CHECK(!(flags & PYXLIO_MSG_XLIO_ZCOPY) && memcmp(buf, "copy", 4) == 0, "FORCE on an unknown fd");
+    send_to(s, &a, "copy", 4);
+    flags = 0;
     struct sockaddr_in from;
     socklen_t fl = sizeof from;
     CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, (struct sockaddr *)&from, &fl), 4, 0);
-    CHECK(!(flags & PYXLIO_MSG_XLIO_ZCOPY), "ZCOPY flag left set on a copy");
+    CHECK(!(flags & PYXLIO_MSG_XLIO_ZCOPY), "ZCOPY flag set on a copy");
     CHECK(memcmp(buf, "copy", 4) == 0 && fl == sizeof from, "copied data");
     CHECK_RC(api->recvfrom_zcopy_free_packets(r, (pyxlio_zc_packet_t *)(void *)buf, 1), -1, EINVAL);
     CHECK_RC(api->get_socket_rings_num(r), 0, 0);
+    /* refused: the one call that tells an fd XLIO does not know */
+    int calls = 0;
+    CHECK_RC(api->register_recv_callback(r, hold_cb, &calls), -1, EINVAL);
     CHECK_RC(api->register_recv_callback(r, NULL, NULL), -1, EINVAL);
+    /* a zero-length datagram is read (no FIONREAD gate: the read is the kernel's own) */
+    send_to(s, &a, "", 0);
+    send_to(s, &a, "Hold", 4);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), 0, 0);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), 4, 0);
+    CHECK(calls == 0, "callback ran on an unknown fd");
+    /* a dummy send is refused before the kernel sees it (sock-redirect.cpp: "Ignore dummy
+     * messages for OS") */
+    CHECK_RC(sendto(r, "d", 1, PYXLIO_SND_FLAGS_DUMMY, (struct sockaddr *)&a, sizeof a), -1, EINVAL);
     CHECK_RC(send(r, "d", 1, PYXLIO_SND_FLAGS_DUMMY), -1, EINVAL);
     close(r);
     /* sockets made later on this thread are offloaded again */
@@ -696,10 +795,10 @@ static int case_stats(void) {
     CHECK_RC(api->dump_fd_stats(r, 3), 0, 0);
     CHECK_RC(api->dump_fd_stats(r, -1), 0, 0);
     CHECK_RC(api->dump_fd_stats(r, 8), 0, 0);
-    CHECK_RC(api->dump_fd_stats(r, 9), -1, EINVAL);
-    CHECK_RC(api->dump_fd_stats(r, -2), -1, EINVAL);
-    CHECK_RC(api->dump_fd_stats(12345, 3), -1, EINVAL);
-    CHECK_RC(api->dump_fd_stats(1, 3), -1, EINVAL);     /* stdout: not a socket */
+    CHECK_RC(api->dump_fd_stats(r, 9), 0, 0);           /* out of range: INFO, as libxlio */
+    CHECK_RC(api->dump_fd_stats(r, -2), 0, 0);
+    CHECK_RC(api->dump_fd_stats(12345, 3), 0, 0);       /* any fd once started: 0 */
+    CHECK_RC(api->dump_fd_stats(1, 3), 0, 0);           /* stdout: not a socket */
     fprintf(stderr, "--- all ---\n");
     CHECK_RC(api->dump_fd_stats(0, 3), 0, 0);
     CHECK_RC(free_one(r, id), 0, 0);
@@ -707,15 +806,16 @@ static int case_stats(void) {
     /* rings */
     CHECK_RC(api->get_socket_rings_num(r), 1, 0);
     int u = udp_sock(0);
-    CHECK_RC(api->get_socket_rings_num(u), 0, 0);
-    CHECK_RC(api->get_socket_rings_num(12345), -1, EINVAL);
+    CHECK_RC(api->get_socket_rings_num(u), -1, EINVAL);     /* unbound UDP */
+    CHECK_RC(api->get_socket_rings_num(12345), 0, 0);       /* an fd it does not know */
     int rf[4] = {-1, -1, -1, -1};
     CHECK_RC(api->get_socket_rings_fds(r, rf, 0), -1, EINVAL);
     CHECK_RC(api->get_socket_rings_fds(r, rf, -1), -1, EINVAL);
+    CHECK_RC(api->get_socket_rings_fds(r, NULL, 4), -1, EINVAL);
     CHECK_RC(api->get_socket_rings_fds(r, rf, 4), 1, 0);
     CHECK(rf[0] == r && rf[1] == -1, "ring fd %d", rf[0]);
     CHECK_RC(api->get_socket_rings_fds(u, rf, 4), 0, 0);
-    CHECK_RC(api->get_socket_rings_fds(12345, rf, 4), -1, EINVAL);
+    CHECK_RC(api->get_socket_rings_fds(12345, rf, 4), 0, 0);
     /* the ring fd is pollable and agrees with readiness */
     struct pollfd pfd = {.fd = rf[0], .events = POLLIN};
     CHECK_RC(poll(&pfd, 1, 0), 0, 0);
@@ -1059,6 +1159,299 @@ static int case_enomem(void) {
     return 0;
 }
 
+/* ---- a small pool serves again once its buffers are free (issue 8, item 3) ------------- */
+/* Idle threads keep their spare buffers; the pool must still hand a datagram of any size to
+ * another thread when every packet is free. */
+typedef struct { int done; int ready; pthread_mutex_t mu; pthread_cond_t cv; } idle_t;
+static idle_t g_idle = {0, 0, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static void *idle_receiver(void *v) {
+    (void)v;
+    struct sockaddr_in a;
+    int r = udp_bound(&a, 0), s = udp_sock(0);
+    unsigned char buf[256];
+    void *id;
+    send_to(s, &a, "idle", 4);
+    CHECK_RC(zc_recv(r, buf, sizeof buf, 0, &id), 4, 0);
+    CHECK_RC(free_one(r, id), 0, 0);
+    pthread_mutex_lock(&g_idle.mu);
+    g_idle.ready++;
+    pthread_cond_broadcast(&g_idle.cv);
+    while (!g_idle.done) pthread_cond_wait(&g_idle.cv, &g_idle.mu);
+    pthread_mutex_unlock(&g_idle.mu);
+    close(r);
+    close(s);
+    return NULL;
+}
+
+static void big_roundtrip(int r, int s, const struct sockaddr_in *a, size_t size, unsigned seed) {
+    static unsigned char msg[65507], out[65507], zbuf[24 + 16 * 1100];
+    fill_pattern(msg, size, seed);
+    send_to(s, a, msg, size);
+    void *id;
+    int flags = 0;
+    int rc = api->recvfrom_zcopy(r, zbuf, sizeof zbuf, &flags, NULL, NULL);
+    CHECK(rc == (int)size, "datagram of %zu bytes: rc %d", size, rc);
+    id = get_ptr(zbuf + 8);
+    size_t nf;
+    CHECK(gather(zbuf, out, sizeof out, &nf) == size && memcmp(out, msg, size) == 0, "payload %zu", size);
+    CHECK_RC(free_one(r, id), 0, 0);
+}
+
+static int case_pool_small(void) {
+    need_api();
+    enum { NT = 20 };
+    pthread_t th[NT];
+    for (int i = 0; i < NT; i++) CHECK(pthread_create(&th[i], NULL, idle_receiver, NULL) == 0, "create");
+    pthread_mutex_lock(&g_idle.mu);
+    while (g_idle.ready < NT) pthread_cond_wait(&g_idle.cv, &g_idle.mu);
+    pthread_mutex_unlock(&g_idle.mu);
+    struct sockaddr_in a;
+    int r = udp_bound(&a, 1), s = udp_sock(0);
+    int sz = 1 << 20;
+    setsockopt(r, SOL_SOCKET, SO_RCVBUF, &sz, sizeof sz);
+    /* every packet is free: the biggest datagram and a middle one come through */
+    big_roundtrip(r, s, &a, 65507, 1);
+    big_roundtrip(r, s, &a, 10000, 2);
+    /* exhaust the pool with small datagrams, then free everything: it serves again */
+    unsigned char buf[256];
+    void *ids[4096];
+    int n = 0;
+    for (int i = 0; i < 300; i++) send_to(s, &a, "fill", 4);
+    usleep(20000);
+    for (;;) {
+        int rc = zc_recv(r, buf, sizeof buf, 0, &ids[n]);
+        if (rc < 0) { CHECK(errno == ENOMEM, "errno %d", errno); break; }
+        n++;
+        CHECK(n < 4096, "pool never exhausted");
+    }
+    printf("held=%d\n", n);
+    CHECK(n > 0 && n < 300, "n %d", n);
+    for (int i = 0; i < n; i++) CHECK_RC(free_one(r, ids[i]), 0, 0);
+    int drained = 0;
+    for (;;) {
+        void *id;
+        int rc = zc_recv(r, buf, sizeof buf, 0, &id);
+        if (rc < 0) { CHECK(errno == EAGAIN, "errno %d after %d", errno, drained); break; }
+        CHECK_RC(free_one(r, id), 0, 0);
+        drained++;
+    }
+    CHECK(n + drained == 300, "received %d + %d of 300", n, drained);
+    big_roundtrip(r, s, &a, 65507, 3);
+    pthread_mutex_lock(&g_idle.mu);
+    g_idle.done = 1;
+    pthread_cond_broadcast(&g_idle.cv);
+    pthread_mutex_unlock(&g_idle.mu);
+    for (int i = 0; i < NT; i++) pthread_join(th[i], NULL);
+    /* and after the threads are gone */
+    big_roundtrip(r, s, &a, 65507, 4);
+    close(r);
+    close(s);
+    return 0;
+}
+
+/* ---- canary: a packet back in the pool reads 0xDB (issue 8, item 5) ------------------- */
+static int all_canary(const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (p[i] != 0xDB) return 0;
+    return 1;
+}
+
+typedef struct { const unsigned char *view; size_t len; void *held; } canary_cb_t;
+
+static pyxlio_verdict_t canary_cb(int fd, size_t sz_iov, struct iovec iov[], pyxlio_recv_info_t *info,
+                                  void *context) {
+    (void)fd; (void)sz_iov;
+    canary_cb_t *c = context;
+    const char *d = iov[0].iov_base;
+    if (d[0] == 'D') { c->view = iov[0].iov_base; c->len = iov[0].iov_len; return PYXLIO_PACKET_DROP; }
+    if (d[0] == 'H') { c->held = info->packet_id; return PYXLIO_PACKET_HOLD; }
+    return PYXLIO_PACKET_RECV;
+}
+
+static int case_canary(void) {
+    need_api();
+    struct sockaddr_in a;
+    int r = udp_bound(&a, 0), s = udp_sock(0);
+    unsigned char buf[256], msg[3000];
+    void *id;
+    /* freed by recvfrom_zcopy_free_packets (a fragmented datagram: every fragment) */
+    memset(msg, 'A', sizeof msg);
+    send_to(s, &a, msg, sizeof msg);
+    CHECK_RC(zc_recv(r, buf, sizeof buf, 0, &id), 3000, 0);
+    size_t nf = get_u64(buf + 16);
+    const unsigned char *views[8];
+    size_t lens[8];
+    CHECK(nf >= 2 && nf <= 8, "fragments %zu", nf);
+    const pyxlio_zc_packet_t *pk = (const pyxlio_zc_packet_t *)(const void *)(buf + 8);
+    for (size_t k = 0; k < nf; k++) { views[k] = pyxlio_zc_iov_base(pk, k); lens[k] = pyxlio_zc_iov_len(pk, k); }
+    CHECK(views[0][0] == 'A' && views[nf - 1][lens[nf - 1] - 1] == 'A', "payload before free");
+    CHECK_RC(free_one(r, id), 0, 0);
+    for (size_t k = 0; k < nf; k++) CHECK(all_canary(views[k], lens[k]), "fragment %zu not 0xDB after free", k);
+    printf("canary after free\n");
+    /* dropped by a callback; held by a callback then freed */
+    canary_cb_t c = {0};
+    CHECK_RC(api->register_recv_callback(r, canary_cb, &c), 0, 0);
+    send_to(s, &a, "Dropped", 7);
+    send_to(s, &a, "Held", 4);
+    send_to(s, &a, "Recv", 4);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), 4, 0);
+    CHECK(c.view && c.len == 7 && all_canary(c.view, c.len), "dropped packet not 0xDB");
+    CHECK(c.held, "no held packet");
+    CHECK_RC(free_one(r, c.held), 0, 0);
+    printf("canary after drop\n");
+    CHECK_RC(api->register_recv_callback(r, NULL, NULL), 0, 0);
+    /* reclaimed at close (a leak: reported, strict exit 86) */
+    memset(msg, 'C', 100);
+    send_to(s, &a, msg, 100);
+    CHECK_RC(zc_recv(r, buf, sizeof buf, 0, &id), 100, 0);
+    const unsigned char *v = get_ptr(buf + 24);
+    CHECK(v[0] == 'C', "payload before close");
+    close(r);
+    CHECK(all_canary(v, 100), "reclaimed packet not 0xDB");
+    printf("canary after close\n");
+    close(s);
+    return 0;
+}
+
+/* ---- receive flags of recvfrom_zcopy (issue 8, item 6) -------------------------------- */
+static int zc_flags(int fd, unsigned char *buf, size_t len, int flags) {
+    int f = flags;
+    return api->recvfrom_zcopy(fd, buf, len, &f, NULL, NULL);
+}
+
+static int case_zcopy_flags(void) {
+    need_api();
+    struct sockaddr_in a;
+    int r = udp_bound(&a, 1), s = udp_sock(0);
+    unsigned char buf[256], cp[64];
+    /* MSG_PEEK: the datagram stays; the view is the queued packet's */
+    CHECK_RC(zc_flags(r, buf, sizeof buf, MSG_PEEK), -1, EAGAIN);
+    send_to(s, &a, "peek1", 5);
+    usleep(10000);
+    CHECK_RC(zc_flags(r, buf, sizeof buf, MSG_PEEK), 5, 0);
+    void *pid = get_ptr(buf + 8);
+    CHECK(memcmp(get_ptr(buf + 24), "peek1", 5) == 0, "peeked data");
+    CHECK_RC(zc_flags(r, buf, sizeof buf, MSG_PEEK), 5, 0);
+    CHECK(get_ptr(buf + 8) == pid, "a second peek sees another packet");
+    printf("case peek-free\n");
+    fflush(stdout);
+    CHECK_RC(free_one(r, pid), -1, ENOENT);          /* still queued: not the caller's to free */
+    void *id;
+    CHECK_RC(zc_recv(r, buf, sizeof buf, 0, &id), 5, 0);
+    CHECK(memcmp(get_ptr(buf + 24), "peek1", 5) == 0, "data after peek");
+    CHECK_RC(free_one(r, id), 0, 0);
+    CHECK_RC(zc_flags(r, buf, sizeof buf, 0), -1, EAGAIN);
+    /* a peek, then a copy receive gets the same datagram */
+    send_to(s, &a, "peek2", 5);
+    usleep(10000);
+    CHECK_RC(zc_flags(r, buf, sizeof buf, MSG_PEEK | PYXLIO_MSG_XLIO_ZCOPY_FORCE), 5, 0);
+    CHECK_RC(recv(r, cp, sizeof cp, 0), 5, 0);
+    CHECK(memcmp(cp, "peek2", 5) == 0, "copy after peek");
+    CHECK_RC(recv(r, cp, sizeof cp, 0), -1, EAGAIN);
+    /* MSG_TRUNC: the whole datagram's length even when not every fragment is listed */
+    static unsigned char big[3000];
+    fill_pattern(big, sizeof big, 4);
+    send_to(s, &a, big, sizeof big);
+    send_to(s, &a, big, sizeof big);
+    usleep(10000);
+    CHECK_RC(zc_recv(r, buf, 40, 0, &id), 1472, 0);
+    CHECK(get_u64(buf + 16) == 1, "sz_iov");
+    CHECK_RC(free_one(r, id), 0, 0);
+    CHECK_RC(zc_recv(r, buf, 40, MSG_TRUNC, &id), 3000, 0);
+    CHECK(get_u64(buf + 16) == 1, "sz_iov");
+    CHECK_RC(free_one(r, id), 0, 0);
+    /* MSG_WAITALL: ignored for UDP (one datagram) */
+    send_to(s, &a, "w", 1);
+    usleep(10000);
+    CHECK_RC(zc_recv(r, buf, sizeof buf, MSG_WAITALL, &id), 1, 0);
+    CHECK_RC(free_one(r, id), 0, 0);
+    /* MSG_ERRQUEUE on an offloaded socket: refused, the datagram stays */
+    send_to(s, &a, "errq", 4);
+    usleep(10000);
+    printf("case udp-errqueue\n");
+    fflush(stdout);
+    CHECK_RC(zc_flags(r, buf, sizeof buf, MSG_ERRQUEUE), -1, EINVAL);
+    CHECK_RC(recv(r, cp, sizeof cp, 0), 4, 0);
+    /* not offloaded: the kernel's flags (MSG_PEEK copies and keeps the datagram) */
+    CHECK_RC(api->thread_offload(0, pthread_self()), 0, 0);
+    struct sockaddr_in ka;
+    int k = udp_bound(&ka, 1);
+    CHECK_RC(api->thread_offload(1, pthread_self()), 0, 0);
+    send_to(s, &ka, "kern", 4);
+    usleep(10000);
+    memset(buf, 0, sizeof buf);
+    CHECK_RC(zc_flags(k, buf, sizeof buf, MSG_PEEK), 4, 0);
+    CHECK(memcmp(buf, "kern", 4) == 0, "kernel peek");
+    CHECK_RC(zc_flags(k, buf, sizeof buf, MSG_ERRQUEUE), -1, EAGAIN);   /* empty error queue */
+    CHECK_RC(recv(k, cp, sizeof cp, 0), 4, 0);
+    close(k);
+    /* the feed: a peek does not advance the sequence */
+    const char *feed = getenv("PYXLIO_EMU_FEED");
+    if (feed) {
+        int f = udp_sock(0);
+        struct sockaddr_in fa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(feed)),
+                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        CHECK(bind(f, (struct sockaddr *)&fa, sizeof fa) == 0, "bind feed");
+        uint64_t seq;
+        for (int i = 0; i < 2; i++) {
+            CHECK_RC(zc_flags(f, buf, sizeof buf, MSG_PEEK), 64, 0);
+            memcpy(&seq, get_ptr(buf + 24), 8);
+            CHECK(__builtin_bswap64(seq) == 0, "peek seq %llu", (unsigned long long)__builtin_bswap64(seq));
+        }
+        for (uint64_t i = 0; i < 2; i++) {
+            CHECK_RC(zc_recv(f, buf, sizeof buf, 0, &id), 64, 0);
+            memcpy(&seq, get_ptr(buf + 24), 8);
+            CHECK(__builtin_bswap64(seq) == i, "seq %llu want %llu", (unsigned long long)__builtin_bswap64(seq),
+                  (unsigned long long)i);
+            CHECK_RC(free_one(f, id), 0, 0);
+        }
+        close(f);
+        printf("feed peek checked\n");
+    }
+    close(r);
+    /* TCP: MSG_PEEK, MSG_WAITALL and MSG_ERRQUEUE are refused; the data stays */
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in ta = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(bind(l, (struct sockaddr *)&ta, sizeof ta) == 0 && listen(l, 4) == 0, "listen");
+    socklen_t al = sizeof ta;
+    getsockname(l, (struct sockaddr *)&ta, &al);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(connect(c, (struct sockaddr *)&ta, sizeof ta) == 0, "connect");
+    int t = accept(l, NULL, NULL);
+    CHECK(t >= 0, "accept");
+    CHECK(send(c, "stream", 6, 0) == 6, "send");
+    usleep(10000);
+    printf("case tcp-flags\n");
+    fflush(stdout);
+    CHECK_RC(zc_flags(t, buf, sizeof buf, MSG_PEEK), -1, EINVAL);
+    CHECK_RC(zc_flags(t, buf, sizeof buf, MSG_WAITALL), -1, EINVAL);
+    CHECK_RC(zc_flags(t, buf, sizeof buf, MSG_ERRQUEUE), -1, EINVAL);
+    CHECK_RC(recv(t, cp, sizeof cp, 0), 6, 0);
+    CHECK(memcmp(cp, "stream", 6) == 0, "stream data kept");
+    close(t);
+    close(c);
+    close(l);
+    close(s);
+    return 0;
+}
+
+/* ---- is a port offloaded? (EMU_CHECK_PORT, EMU_CHECK_WANT=os|offload) ------------------ */
+static int case_conf_port(void) {
+    need_api();
+    const char *port = getenv("EMU_CHECK_PORT"), *want = getenv("EMU_CHECK_WANT");
+    CHECK(port && want, "run with EMU_CHECK_PORT and EMU_CHECK_WANT");
+    int r = udp_sock(0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(port)),
+                            .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    CHECK(bind(r, (struct sockaddr *)&a, sizeof a) == 0, "bind %s", port);
+    int rings = api->get_socket_rings_num(r);
+    printf("port %s %s\n", port, rings ? "offload" : "os");
+    CHECK(rings == (strcmp(want, "os") ? 1 : 0), "port %s: rings %d, want %s", port, rings, want);
+    close(r);
+    return 0;
+}
+
 /* ---- rules ------------------------------------------------------------------------------ */
 static int case_rules(void) {
     need_api();
@@ -1084,9 +1477,16 @@ static int case_rules(void) {
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(cases[i].port)),
                                 .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         CHECK(bind(r, (struct sockaddr *)&a, sizeof a) == 0, "bind %s", cases[i].port);
+        /* a datagram: a kernel-served socket answers FORCE with EIO (and keeps it) */
+        int tx = udp_sock(0);
+        send_to(tx, &a, "r", 1);
+        close(tx);
+        usleep(2000);
         flags = PYXLIO_MSG_XLIO_ZCOPY_FORCE | MSG_DONTWAIT;
         int rc = api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL);
-        CHECK(rc == -1 && errno == (cases[i].os ? EIO : EAGAIN), "port %s: rc %d errno %d", cases[i].port, rc, errno);
+        CHECK(cases[i].os ? rc == -1 && errno == EIO : rc == 1, "port %s: rc %d errno %d", cases[i].port, rc, errno);
+        if (!cases[i].os) CHECK_RC(free_one(r, get_ptr(buf + 8)), 0, 0);
+        else CHECK_RC(recv(r, buf, sizeof buf, MSG_DONTWAIT), 1, 0);
         CHECK_RC(api->get_socket_rings_num(r), cases[i].os ? 0 : 1, 0);
         close(r);
     }
@@ -1372,11 +1772,261 @@ static int case_passthrough(void) {
     return 0;
 }
 
+/* ---- return values as libxlio 3.51.1 gives them (fact sheet section 9), in every
+ * PYXLIO_EMU_OFFLOAD mode: loopback sockets are offloaded with "all" only, a socket on the
+ * wildcard address with any mode but "none" */
+static int tcp_listener(struct sockaddr_in *a, uint32_t addr) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(l >= 0, "socket");
+    struct sockaddr_in b = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(addr)};
+    CHECK(bind(l, (struct sockaddr *)&b, sizeof b) == 0 && listen(l, 4) == 0, "listen");
+    socklen_t al = sizeof *a;
+    CHECK(getsockname(l, (struct sockaddr *)a, &al) == 0, "getsockname");
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return l;
+}
+
+static int case_returns(void) {
+    need_api();
+    const char *mode = getenv("PYXLIO_EMU_OFFLOAD");
+    if (!mode || !*mode) mode = "all";
+    int ring = !strcmp(mode, "all"), any_ring = strcmp(mode, "none") != 0;
+    int p[2];
+    CHECK(pipe(p) == 0, "pipe");
+    /* before the global init */
+    CHECK_RC(api->dump_fd_stats(p[0], 3), -1, EINVAL);
+    struct sockaddr_in a;
+    int u = udp_sock(0);                    /* starts it */
+    /* a descriptor that is not a socket, an fd nobody opened */
+    CHECK_RC(api->register_recv_callback(p[0], hold_cb, NULL), -1, EINVAL);
+    CHECK_RC(api->register_recv_callback(12345, NULL, NULL), -1, EINVAL);
+    CHECK_RC(api->get_socket_rings_num(p[0]), 0, 0);        /* sock-extra.cpp: 0 */
+    CHECK_RC(api->dump_fd_stats(p[0], 3), 0, 0);
+    CHECK_RC(api->dump_fd_stats(12345, 3), 0, 0);
+    int rf[2];
+    CHECK_RC(api->get_socket_rings_fds(p[0], rf, 2), 0, 0);
+    CHECK_RC(api->get_socket_rings_fds(p[0], rf, 0), -1, EINVAL);
+    CHECK_RC(api->get_socket_rings_fds(p[0], NULL, 2), -1, EINVAL);
+    /* UDP: unbound -1, then bound */
+    int calls = 0;
+    CHECK_RC(api->register_recv_callback(u, hold_cb, &calls), 0, 0);
+    CHECK_RC(api->get_socket_rings_num(u), -1, EINVAL);
+    CHECK_RC(api->dump_fd_stats(u, 3), 0, 0);
+    int r = udp_bound(&a, 0);
+    CHECK_RC(api->get_socket_rings_num(r), ring, 0);
+    CHECK_RC(api->get_socket_rings_fds(r, rf, 2), ring, 0);
+    CHECK_RC(api->register_recv_callback(r, hold_cb, &calls), 0, 0);
+    CHECK_RC(api->register_recv_callback(r, NULL, NULL), 0, 0);
+    /* a UDP socket bound by its first send */
+    send_to(u, &a, "x", 1);
+    CHECK_RC(api->get_socket_rings_num(u), any_ring, 0);   /* bound to the wildcard address */
+    CHECK_RC(recv(r, rf, sizeof rf, 0), 1, 0);
+    /* TCP: unconnected 0; listening, connected and accepted: a ring when offloaded */
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK_RC(api->get_socket_rings_num(t), 0, 0);
+    CHECK_RC(api->register_recv_callback(t, hold_cb, &calls), 0, 0);   /* TCP too */
+    int l = tcp_listener(&a, INADDR_LOOPBACK);
+    CHECK_RC(api->get_socket_rings_num(l), ring, 0);
+    CHECK(connect(t, (struct sockaddr *)&a, sizeof a) == 0, "connect");
+    int c = accept(l, NULL, NULL);
+    CHECK(c >= 0, "accept");
+    CHECK_RC(api->get_socket_rings_num(t), ring, 0);
+    CHECK_RC(api->get_socket_rings_num(c), ring, 0);
+    CHECK_RC(api->register_recv_callback(c, hold_cb, &calls), 0, 0);
+    CHECK_RC(send(t, "tcp", 3, 0), 3, 0);
+    char buf[8];
+    CHECK_RC(recv(c, buf, sizeof buf, 0), 3, 0);
+    CHECK(calls == 0, "a callback ran (%d)", calls);
+    close(c); close(t); close(l); close(r); close(u);
+    /* closed: unknown again */
+    CHECK_RC(api->register_recv_callback(u, NULL, NULL), -1, EINVAL);
+    close(p[0]); close(p[1]);
+    return 0;
+}
+
+/* ---- PYXLIO_EMU_OFFLOAD=none: every socket served by the kernel, as a real XLIO host ----- */
+static double g_t0;
+static int recvmmsg_n(int fd, unsigned char (*b)[16], unsigned n, int flags, int raw) {
+    struct mmsghdr mm[8];
+    struct iovec mi[8];
+    memset(mm, 0, sizeof mm);
+    for (unsigned i = 0; i < n; i++) {
+        mi[i].iov_base = b[i]; mi[i].iov_len = 16;
+        mm[i].msg_hdr.msg_iov = &mi[i]; mm[i].msg_hdr.msg_iovlen = 1;
+    }
+    int rc = raw ? (int)syscall(SYS_recvmmsg, fd, mm, n, flags, NULL) : recvmmsg(fd, mm, n, flags, NULL);
+    for (int i = 0; i < rc; i++) b[i][15] = (unsigned char)mm[i].msg_len;
+    return rc;
+}
+
+static int case_os_mode(void) {
+    need_api();
+    struct sockaddr_in a;
+    int r = udp_bound(&a, 0), s = udp_sock(0);
+    unsigned char buf[256];
+    int flags, calls = 0;
+    CHECK_RC(api->get_socket_rings_num(r), 0, 0);
+    CHECK_RC(api->register_recv_callback(r, hold_cb, &calls), 0, 0);
+    /* recvfrom_zcopy: FORCE -> EIO (the datagram stays), else a copy with ZCOPY clear */
+    flags = PYXLIO_MSG_XLIO_ZCOPY_FORCE | MSG_DONTWAIT;
+    CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), -1, EAGAIN);
+    send_to(s, &a, "Hold1", 5);
+    usleep(10000);
+    flags = PYXLIO_MSG_XLIO_ZCOPY_FORCE;
+    CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), -1, EIO);
+    flags = PYXLIO_MSG_XLIO_ZCOPY;
+    CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), 5, 0);
+    CHECK(!(flags & PYXLIO_MSG_XLIO_ZCOPY) && memcmp(buf, "Hold1", 5) == 0, "copy");
+    send_to(s, &a, "Hold2", 5);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), 5, 0);
+    CHECK(calls == 0, "the callback ran on a kernel-served socket");
+    /* dummy sends: -1/EINVAL, nothing sent */
+    CHECK(connect(s, (struct sockaddr *)&a, sizeof a) == 0, "connect");
+    CHECK_RC(api->get_socket_rings_num(s), 0, 0);
+    CHECK_RC(send(s, "dummy", 5, PYXLIO_SND_FLAGS_DUMMY), -1, EINVAL);
+    struct mmsghdr one;
+    struct iovec oi = {"d", 1};
+    memset(&one, 0, sizeof one);
+    one.msg_hdr.msg_iov = &oi;
+    one.msg_hdr.msg_iovlen = 1;
+    CHECK_RC(sendmmsg(s, &one, 1, PYXLIO_SND_FLAGS_DUMMY), -1, EINVAL);
+    CHECK_RC(recv(r, buf, sizeof buf, MSG_DONTWAIT), -1, EAGAIN);
+    /* recvmmsg through the wrapper: one datagram a call (zeroed timeout), raw: the batch */
+    unsigned char mb[8][16];
+    for (int i = 0; i < 5; i++) CHECK_RC(send(s, "m", 1, 0), 1, 0);
+    usleep(20000);
+    for (int i = 0; i < 3; i++) CHECK_RC(recvmmsg_n(r, mb, 8, 0, 0), 1, 0);
+    CHECK_RC(recvmmsg_n(r, mb, 8, MSG_WAITFORONE, 0), 1, 0);
+    CHECK_RC(recvmmsg_n(r, mb, 8, 0, 0), 1, 0);
+    CHECK_RC(recvmmsg_n(r, mb, 8, MSG_DONTWAIT, 0), -1, EAGAIN);
+    for (int i = 0; i < 4; i++) CHECK_RC(send(s, "m", 1, 0), 1, 0);
+    usleep(20000);
+    CHECK_RC(recvmmsg_n(r, mb, 8, MSG_DONTWAIT, 1), 4, 0);
+    /* a zero-length datagram blocks the socket for the wrappers (FIONREAD is 0) */
+    CHECK_RC(send(s, "", 0, 0), 0, 0);
+    CHECK_RC(send(s, "after", 5, 0), 5, 0);
+    usleep(20000);
+    int n = -1;
+    CHECK(ioctl(r, FIONREAD, &n) == 0 && n == 0, "FIONREAD %d", n);
+    struct pollfd pfd = {.fd = r, .events = POLLIN};
+    CHECK_RC(poll(&pfd, 1, 0), 1, 0);                 /* the kernel says readable */
+    CHECK_RC(recv(r, buf, sizeof buf, MSG_DONTWAIT), -1, EAGAIN);
+    CHECK_RC(recvfrom(r, buf, sizeof buf, MSG_DONTWAIT, NULL, NULL), -1, EAGAIN);
+    struct iovec iov = {buf, sizeof buf};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    CHECK_RC(recvmsg(r, &m, MSG_DONTWAIT), -1, EAGAIN);
+    CHECK_RC(recvmmsg_n(r, mb, 8, MSG_DONTWAIT, 0), -1, EAGAIN);
+    flags = MSG_DONTWAIT;
+    CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), -1, EAGAIN);
+    int ofl = fcntl(r, F_GETFL);
+    CHECK(fcntl(r, F_SETFL, ofl | O_NONBLOCK) == 0, "O_NONBLOCK");
+    CHECK_RC(read(r, buf, sizeof buf), -1, EAGAIN);
+    CHECK(fcntl(r, F_SETFL, ofl) == 0, "blocking again");
+    /* blocking: waits until SO_RCVTIMEO, or a signal */
+    struct timeval tv = {0, 200000};
+    setsockopt(r, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    g_t0 = now_s();
+    CHECK_RC(recv(r, buf, sizeof buf, 0), -1, EAGAIN);
+    CHECK(now_s() - g_t0 > 0.15, "returned after %.3f s", now_s() - g_t0);
+    struct timeval none = {0, 0};
+    setsockopt(r, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_alarm;
+    sigaction(SIGALRM, &sa, NULL);
+    ualarm(150000, 0);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), -1, EINTR);
+    CHECK(g_alarms == 1, "alarms %d", g_alarms);
+    /* the raw system call reads it, and what is behind it */
+    CHECK_RC(recvmmsg_n(r, mb, 8, MSG_DONTWAIT, 1), 2, 0);
+    CHECK(mb[0][15] == 0 && mb[1][15] == 5 && memcmp(mb[1], "after", 5) == 0, "raw read");
+    /* TCP: rings 0, callback accepted, copies */
+    int l = tcp_listener(&a, INADDR_LOOPBACK);
+    int c = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0, "connect");
+    int t = accept(l, NULL, NULL);
+    CHECK(t >= 0, "accept");
+    CHECK_RC(api->get_socket_rings_num(l), 0, 0);
+    CHECK_RC(api->get_socket_rings_num(c), 0, 0);
+    CHECK_RC(api->get_socket_rings_num(t), 0, 0);
+    CHECK_RC(api->register_recv_callback(t, hold_cb, &calls), 0, 0);
+    CHECK_RC(send(c, "stream", 6, 0), 6, 0);
+    flags = PYXLIO_MSG_XLIO_ZCOPY;
+    CHECK_RC(api->recvfrom_zcopy(t, buf, sizeof buf, &flags, NULL, NULL), 6, 0);
+    CHECK(!(flags & PYXLIO_MSG_XLIO_ZCOPY) && memcmp(buf, "stream", 6) == 0, "tcp copy");
+    CHECK_RC(send(c, "x", 1, PYXLIO_SND_FLAGS_DUMMY), -1, EINVAL);
+    CHECK(calls == 0, "callback calls %d", calls);
+    api->dump_fd_stats(r, 3);
+    close(t); close(c); close(l); close(r); close(s);
+    return 0;
+}
+
+/* ---- PYXLIO_EMU_OFFLOAD=no-loopback: loopback to the kernel, other addresses offloaded ---- */
+static int case_no_loopback(void) {
+    need_api();
+    struct sockaddr_in a;
+    unsigned char buf[256];
+    int r = udp_bound(&a, 0), s = udp_sock(0);
+    CHECK_RC(api->get_socket_rings_num(r), 0, 0);            /* 127.0.0.1: the kernel's */
+    send_to(s, &a, "lo", 2);
+    int flags = PYXLIO_MSG_XLIO_ZCOPY_FORCE;
+    CHECK_RC(api->recvfrom_zcopy(r, buf, sizeof buf, &flags, NULL, NULL), -1, EIO);
+    CHECK_RC(recv(r, buf, sizeof buf, 0), 2, 0);
+    close(r);
+    /* bound to the wildcard address: offloaded */
+    int w = udp_sock(0);
+    struct sockaddr_in any = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_ANY)};
+    CHECK(bind(w, (struct sockaddr *)&any, sizeof any) == 0, "bind any");
+    socklen_t al = sizeof a;
+    getsockname(w, (struct sockaddr *)&a, &al);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK_RC(api->get_socket_rings_num(w), 1, 0);
+    send_to(s, &a, "any", 3);
+    void *id;
+    CHECK_RC(zc_recv(w, buf, sizeof buf, PYXLIO_MSG_XLIO_ZCOPY_FORCE, &id), 3, 0);
+    CHECK_RC(free_one(w, id), 0, 0);
+    /* a UDP socket connected to loopback */
+    int c = udp_sock(0);
+    CHECK(connect(c, (struct sockaddr *)&a, sizeof a) == 0, "connect");
+    CHECK_RC(api->get_socket_rings_num(c), 0, 0);
+    CHECK_RC(send(c, "d", 1, PYXLIO_SND_FLAGS_DUMMY), -1, EINVAL);
+    close(c);
+    close(w);
+    /* TCP: a wildcard listener is offloaded; a connection to loopback is the kernel's */
+    int l = tcp_listener(&a, INADDR_ANY);
+    CHECK_RC(api->get_socket_rings_num(l), 1, 0);
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(connect(t, (struct sockaddr *)&a, sizeof a) == 0, "connect");
+    int acc = accept(l, NULL, NULL);
+    CHECK(acc >= 0, "accept");
+    CHECK_RC(api->get_socket_rings_num(t), 0, 0);
+    CHECK_RC(api->get_socket_rings_num(acc), 0, 0);
+    close(acc); close(t); close(l);
+    l = tcp_listener(&a, INADDR_LOOPBACK);
+    CHECK_RC(api->get_socket_rings_num(l), 0, 0);
+    close(l);
+    /* IPv6 ::1 (where the host has IPv6) */
+    int r6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    if (r6 >= 0 && bind(r6, (struct sockaddr *)&a6, sizeof a6) == 0) {
+        CHECK_RC(api->get_socket_rings_num(r6), 0, 0);
+        printf("ipv6 checked\n");
+    }
+    if (r6 >= 0) close(r6);
+    close(s);
+    return 0;
+}
+
 /* ======================================================================================== */
 static const struct { const char *name; int (*fn)(void); } CASES[] = {
     {"nolib", case_nolib},
     {"discover-legacy", case_discover_legacy},
     {"discover-361", case_discover_361},
+    {"discover-360", case_discover_360},
+    {"discover-394", case_discover_394},
+    {"returns", case_returns},
+    {"os-mode", case_os_mode},
+    {"no-loopback", case_no_loopback},
     {"zcopy-udp", case_zcopy_udp},
     {"zcopy-frags", case_zcopy_frags},
     {"zcopy-eagain", case_zcopy_eagain},
@@ -1399,6 +2049,10 @@ static const struct { const char *name; int (*fn)(void); } CASES[] = {
     {"threads", case_threads},
     {"passthrough", case_passthrough},
     {"init-reentrant", case_init_reentrant},
+    {"pool-small", case_pool_small},
+    {"canary", case_canary},
+    {"zcopy-flags", case_zcopy_flags},
+    {"conf-port", case_conf_port},
 };
 
 static int case_init_socket(void) { return case_init(0); }

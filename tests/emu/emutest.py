@@ -23,6 +23,7 @@ EMU_SRC = os.path.join(SRC, "pyxlio", "emu")
 INCLUDE = os.path.join(SRC, "pyxlio", "include")
 CHECK_C = os.path.join(HERE, "emu_check.c")
 STRICT_EXIT = 86
+CONFIG_EXIT = 87
 EMU_CFLAGS = ["-shared", "-fPIC", "-fvisibility=hidden", "-D_GNU_SOURCE", "-Wall", "-Wextra",
               "-Wno-unused-parameter", "-I", INCLUDE, "-I", EMU_SRC]
 
@@ -149,6 +150,13 @@ def run_case(check: str, lib: str | None, case: str, strict: bool = True,
 CASES: list[tuple[str, dict[str, str], int]] = [
     ("discover-legacy", {}, 0),
     ("discover-361", {"PYXLIO_EMU_LAYOUT": "3.61"}, 0),
+    ("discover-360", {"PYXLIO_EMU_LAYOUT": "3.60"}, STRICT_EXIT),   # a held packet, never freed
+    ("discover-394", {"PYXLIO_EMU_LAYOUT": "3.94"}, 0),
+    ("returns", {}, 0),
+    ("returns", {"PYXLIO_EMU_OFFLOAD": "none"}, 0),
+    ("returns", {"PYXLIO_EMU_OFFLOAD": "no-loopback"}, 0),
+    ("os-mode", {"PYXLIO_EMU_OFFLOAD": "none"}, 0),
+    ("no-loopback", {"PYXLIO_EMU_OFFLOAD": "no-loopback"}, 0),
     ("init-socket", {"XLIO_MEMORY_LIMIT": "1048576"}, 0),
     ("init-epoll", {"XLIO_MEMORY_LIMIT": "1048576"}, 0),
     ("init-reentrant", {"XLIO_MEMORY_LIMIT": "1048576"}, 0),
@@ -166,7 +174,10 @@ CASES: list[tuple[str, dict[str, str], int]] = [
     ("feed", {"PYXLIO_EMU_FEED": "45001:64,45002:8"}, 0),
     ("callback", {}, 0),
     ("callback-poll", {}, 0),
-    ("enomem", {"XLIO_MEMORY_LIMIT": "16KB"}, 0),
+    ("enomem", {"XLIO_MEMORY_LIMIT": "66240"}, 0),   # the smallest pool: 45 buffers
+    ("pool-small", {"XLIO_MEMORY_LIMIT": "128KB"}, 0),
+    ("canary", {}, STRICT_EXIT),                        # one leak, reclaimed at close
+    ("zcopy-flags", {"PYXLIO_EMU_FEED": "45011:64"}, STRICT_EXIT),  # 5 refusals/violations
     ("rules", {}, 0),
     ("tcp", {}, 0),
     ("fork", {}, 0),

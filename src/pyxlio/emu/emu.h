@@ -33,7 +33,11 @@
 #define EMU_MAXFD 65536             /* fds at or above this are never offloaded */
 #define EMU_MAX_DGRAM 65536         /* largest datagram the emulator receives */
 #define EMU_XLIO_RX_FLAGS (PYXLIO_MSG_XLIO_ZCOPY_FORCE | PYXLIO_MSG_XLIO_ZCOPY)
-#define EMU_EXIT_STRICT 86
+#define EMU_EXIT_STRICT 86          /* strict mode: leaks or contract violations, at exit */
+#define EMU_EXIT_CONFIG 87          /* a configuration error, at load (see emu_core.c) */
+#define EMU_MAX_BUFS (1u << 24)     /* most pool buffers XLIO_MEMORY_LIMIT may ask for */
+#define EMU_CONF_FILE_MAX (1u << 20) /* largest config file read (bytes) */
+#define EMU_CANARY 0xDB             /* payload bytes of a packet back in the pool */
 
 /* ---- real libc functions (resolved with dlsym(RTLD_NEXT)) ------------------------------ */
 typedef struct emu_real {
@@ -73,15 +77,38 @@ EMU_HIDDEN void emu_resolve(void);
 #define REAL(fn) (EMU_LIKELY(emu_real.fn != NULL) ? emu_real.fn : (emu_resolve(), emu_real.fn))
 
 /* ---- configuration (environment) -------------------------------------------------------- */
+/* Every variable is read and checked once, by the library constructor; a bad value is fatal
+ * (emu_conf_error: one line on stderr, _exit(EMU_EXIT_CONFIG)). */
 typedef struct emu_conf {
     int strict;             /* PYXLIO_EMU_STRICT */
     int verbose;            /* PYXLIO_EMU_VERBOSE */
-    int layout361;          /* PYXLIO_EMU_LAYOUT=3.61 */
+    int layout;             /* PYXLIO_EMU_LAYOUT: a pyxlio_layout_t */
+    int offload;            /* PYXLIO_EMU_OFFLOAD: EMU_OFFLOAD_* */
     size_t frag;            /* PYXLIO_EMU_FRAG_SIZE */
     size_t memory_limit;    /* XLIO_MEMORY_LIMIT */
     int tracelevel;         /* XLIO_TRACELEVEL */
 } emu_conf_t;
 extern EMU_HIDDEN emu_conf_t emu_conf;
+
+/* PYXLIO_EMU_OFFLOAD: which sockets the emulator offloads (thread offload and transport rules
+ * apply on top).  ALL: every UDP/TCP socket, loopback included (the emulator's default: the
+ * zero-copy path tested on any host).  NONE: no socket; every one is wrapped and served through
+ * the kernel, as a real libxlio serves loopback and addresses its rules leave to the OS.
+ * NO_LOOPBACK: like a real host: 127.0.0.0/8 and ::1 go to the kernel, other addresses are
+ * offloaded. */
+enum { EMU_OFFLOAD_ALL = 0, EMU_OFFLOAD_NONE = 1, EMU_OFFLOAD_NO_LOOPBACK = 2 };
+/* 1 if a socket bound or connected to `sa` is left to the kernel by the offload mode */
+EMU_HIDDEN int emu_addr_kernel(const struct sockaddr *sa, socklen_t len);
+/* the layout has XLIO_SND_FLAGS_DUMMY (legacy and 3.94x; 3.60 and 3.61+ removed it) */
+static inline int emu_layout_has_dummy(void) {
+    return emu_conf.layout == PYXLIO_LAYOUT_LEGACY || emu_conf.layout == PYXLIO_LAYOUT_394 ||
+           emu_conf.layout == PYXLIO_LAYOUT_VMA;
+}
+
+/* a configuration error: "pyxlio-emu: error: <message>" on stderr, then _exit(87) */
+EMU_HIDDEN void emu_conf_error(const char *fmt, ...) __attribute__((noreturn, format(printf, 1, 2)));
+/* `value` quoted for a message: printable ASCII as is, other bytes as \xNN, at most 64 bytes */
+EMU_HIDDEN const char *emu_quote(const char *value, char *out, size_t outlen);
 
 /* ---- global state ----------------------------------------------------------------------- */
 extern EMU_HIDDEN atomic_int emu_inited;     /* global init done */
@@ -106,11 +133,30 @@ typedef struct emu_pkt {
     uint32_t len;               /* payload bytes */
     uint32_t qnext;             /* user ready queue link: index + 1, 0 = end */
     uint32_t addrlen;           /* length of src */
-    uint32_t flags;             /* 1 = truncated */
+    uint32_t flags;             /* EMU_PKT_* */
     struct sockaddr_in6 src;    /* 28 bytes, holds sockaddr_in too */
     uint32_t buf;               /* first buffer (the others chain through emu_pool.next) */
+    uint32_t ctrllen;           /* bytes of control messages kept (emu_pool.ctrl), 0 = none */
     struct timespec ts;         /* software receive timestamp */
 } emu_pkt_t;
+#define EMU_PKT_TRUNC 1u        /* the kernel truncated the datagram */
+#define EMU_PKT_RAW 2u          /* pulled by a batch, the receive callback not run on it yet */
+#define EMU_PKT_CTRUNC 4u       /* the kernel truncated its control messages */
+
+/* Batch pulls (emu_sock.c emu_pull_batch): one recvmmsg takes up to EMU_BATCH datagrams into
+ * pool buffers; the first is handed on, the rest wait in the socket's user queue. */
+#define EMU_BATCH 32
+#define EMU_BATCH_DIRECT 4          /* most pool buffers a batch slot receives into directly */
+#define EMU_CTRL_MAX 128            /* control-message bytes kept per queued datagram */
+typedef struct emu_batch {
+    struct mmsghdr msgs[EMU_BATCH];
+    struct iovec iov[EMU_BATCH][EMU_BATCH_DIRECT + 1];
+    struct sockaddr_in6 src[EMU_BATCH];
+    unsigned char ctrl[EMU_BATCH][EMU_CTRL_MAX];
+    uint32_t bufs[EMU_BATCH * EMU_BATCH_DIRECT];  /* slot i: bufs[i*d .. i*d+d) */
+    uint32_t descs[EMU_BATCH];
+    unsigned char *scratch;     /* EMU_BATCH * EMU_MAX_DGRAM bytes (MAP_NORESERVE): tails */
+} emu_batch_t;
 
 typedef struct emu_pool {
     unsigned char *base;        /* buffer memory (user allocator or mmap) */
@@ -124,6 +170,10 @@ typedef struct emu_pool {
     uint32_t *next;             /* fragment chain: next buffer index */
     uint32_t *freelist;         /* stack of free buffer indices */
     uint32_t nfree;
+    uint32_t nspare;            /* buffers in the threads' spare sets */
+    uint32_t budget;            /* most buffers the spare sets keep between receives */
+    uint32_t nresv;             /* free buffers promised to batch pulls under way */
+    unsigned char *ctrl;        /* EMU_CTRL_MAX bytes per descriptor (lazily mapped) */
     pthread_mutex_t mu;
     int user_alloc;             /* base came from the registered allocator */
 } emu_pool_t;
@@ -135,7 +185,9 @@ static inline size_t emu_frag_len(const emu_pkt_t *p, uint32_t k) {
     return p->len - (size_t)k * emu_conf.frag;
 }
 
-EMU_HIDDEN int emu_pool_create(void);
+EMU_HIDDEN void emu_pool_create(void);                   /* fatal if it cannot be allocated */
+/* fill a packet's payload with EMU_CANARY (it is going back to the pool) */
+EMU_HIDDEN void emu_pkt_canary(const emu_pkt_t *p);
 EMU_HIDDEN uint32_t emu_pool_get(uint32_t *out, uint32_t n);
 EMU_HIDDEN void emu_pool_put(const uint32_t *idx, uint32_t n);
 EMU_HIDDEN void emu_pkt_release(uint32_t pi);             /* descriptor + its buffers -> pool */
@@ -147,7 +199,8 @@ EMU_HIDDEN long emu_pkt_lookup(const void *id);
 
 /* per-thread spare set of buffers that a datagram is received into */
 typedef struct emu_spare {
-    uint32_t cnt, cap;
+    uint32_t cnt, cap;          /* buffers held; room (the largest datagram's buffers) */
+    uint32_t want;              /* held between receives (at most cap, within the pool's budget) */
     uint32_t *idx;
     struct iovec *iov;
     unsigned char *scratch;     /* EMU_MAX_DGRAM bytes: tail of datagrams above EMU_DIRECT_FRAGS */
@@ -157,10 +210,23 @@ typedef struct emu_spare {
  * path (UIO_FASTIOV), so only datagrams above 7 fragments pay one extra copy. */
 #define EMU_DIRECT_FRAGS 7
 EMU_HIDDEN emu_spare_t *emu_spare(void);                   /* topped up; NULL if no memory */
+/* make sure the spare holds at least n buffers (n <= cap), past the budget if need be; 0 or -1
+ * (the pool has fewer than that free: exhausted) */
+EMU_HIDDEN int emu_spare_need(emu_spare_t *sp, uint32_t n);
 /* take spare[0..used) as one packet (chained); returns its descriptor index */
 EMU_HIDDEN uint32_t emu_spare_take(emu_spare_t *sp, uint32_t used, uint32_t len);
 /* take spare[0..used) as `used` one-buffer packets (TCP stream data) */
 EMU_HIDDEN void emu_spare_take_separate(emu_spare_t *sp, uint32_t used, uint32_t len, uint32_t *ids);
+/* the calling thread's batch buffers (NULL if no memory) */
+EMU_HIDDEN emu_batch_t *emu_batch(void);
+/* Begin a batch of at most `want` slots of `d` direct buffers each: returns the slots n the
+ * pool can guarantee (every slot can hold the largest datagram: d buffers taken into b->bufs,
+ * the other maxfrag - d reserved), 0 when not even one. */
+EMU_HIDDEN uint32_t emu_pool_batch_begin(emu_batch_t *b, uint32_t want, uint32_t d);
+/* End it: `nrecv` of the n slots received datagrams of the lengths in b->msgs; their packets'
+ * descriptors go to b->descs (BUSY, buffers chained, tails copied in from the scratch), every
+ * unused buffer and the reservation go back to the pool. */
+EMU_HIDDEN void emu_pool_batch_end(emu_batch_t *b, uint32_t n, uint32_t d, uint32_t nrecv);
 
 /* ---- sockets ---------------------------------------------------------------------------- */
 typedef struct emu_epreg {
@@ -172,6 +238,7 @@ typedef struct emu_epreg {
 
 typedef struct emu_sock {
     pthread_mutex_t mu;
+    pthread_mutex_t pull_mu;    /* one batch pull at a time (kernel order = queue order) */
     atomic_int active;
     atomic_int special;         /* callback, feed or user queue non-empty */
     uint32_t gen;
@@ -180,6 +247,7 @@ typedef struct emu_sock {
     int is_udp, is_tcp;
     int offloaded;
     int listener;
+    int connected;              /* TCP: connected (or connecting) or accepted */
     uint64_t rule_seq;          /* rules newer than this don't apply */
     pyxlio_recv_callback_t cb;
     void *cb_ctx;
@@ -188,6 +256,11 @@ typedef struct emu_sock {
     uint64_t feed_seq;
     uint32_t qhead, qtail, qlen; /* index + 1 */
     uint64_t qbytes;
+    uint32_t qraw;              /* queued packets the callback has not seen yet (EMU_PKT_RAW) */
+    uint64_t qrawbytes;
+    uint32_t bdirect;           /* direct buffers per batch slot (the last batch's need) */
+    atomic_int batched;         /* a batch pulled from this socket: its copy receives go
+                                 * through the user queue too (order, no reader starved) */
     struct sockaddr_in6 local;
     socklen_t local_len;
     emu_epreg_t *ep;
@@ -199,6 +272,14 @@ typedef struct emu_sock {
 } emu_sock_t;
 
 EMU_HIDDEN emu_sock_t *emu_sock_get(int fd);        /* active tracked socket or NULL */
+/* The receive callback the emulator runs for s: only an offloaded UDP socket's.  A callback
+ * registered on any other socket is accepted (as libxlio does) and never called. */
+static inline pyxlio_recv_callback_t emu_sock_cb(const emu_sock_t *s) {
+    return (s->offloaded && s->is_udp) ? s->cb : NULL;
+}
+/* A kernel-served UDP socket's readability as libxlio decides it (FIONREAD > 0): 0 when a
+ * receive may go to the kernel now, else -1 with errno (EAGAIN, EINTR, or the error). */
+EMU_HIDDEN int emu_os_gate(emu_sock_t *s, int flags);
 EMU_HIDDEN void emu_sock_update_special(emu_sock_t *s); /* under s->mu */
 EMU_HIDDEN int emu_special_snapshot(int *fds, int max);
 extern EMU_HIDDEN atomic_int emu_nspecial;
@@ -209,10 +290,24 @@ EMU_HIDDEN int emu_sock_blocking(emu_sock_t *s, int flags);
 /* receive machinery */
 /* want_src 0: the kernel is not asked for the source address (cheaper; addrlen stays 0) */
 EMU_HIDDEN int emu_pull_kernel(emu_sock_t *s, int kflags, uint32_t *pi, int want_src);
-EMU_HIDDEN int emu_pull_into_queue(emu_sock_t *s, int max); /* >0 queue ready, 0 not, -1 err */
+/* Up to EMU_BATCH datagrams with one non-blocking recvmmsg (fewer when the pool is short, one
+ * by emu_pull_kernel when it cannot guarantee a batch slot): the oldest datagram of the socket
+ * (queue first) comes back BUSY in *pi, the others queued; 0 or -1/errno (EAGAIN: none; EBADF:
+ * the socket of generation `gen` was closed meanwhile, what came is back in the pool). */
+EMU_HIDDEN int emu_pull_batch(emu_sock_t *s, uint32_t gen, int kflags, uint32_t *pi);
+/* User-space readiness for poll/select/epoll: 1 when a receive call returns a datagram now
+ * (callbacks run on what is pulled until one is kept), 0 when not; 2: the socket has no
+ * callback and its user queue is empty, so the kernel's readiness stands. */
+EMU_HIDDEN int emu_pull_into_queue(emu_sock_t *s, int max);
 EMU_HIDDEN int emu_next_special(emu_sock_t *s, int kflags, uint32_t *pi);
-EMU_HIDDEN void emu_queue_push_front(emu_sock_t *s, uint32_t pi);
+/* put a BUSY packet back at the head of the user queue: 0, or -1 when the socket was closed
+ * meanwhile (the packet is then released) */
+EMU_HIDDEN int emu_queue_push_front(emu_sock_t *s, uint32_t pi);
 EMU_HIDDEN int emu_sock_ready(emu_sock_t *s);      /* user-space readable (feed or queue) */
+/* The zero-copy receive's common case in one locked step: the head of the user queue, kept by
+ * the callback already or with no callback to run, handed to the application (PKT_ZC,
+ * outstanding counted).  1 and *pi, or 0 (empty queue, or the callback's turn first). */
+EMU_HIDDEN int emu_queue_take_zc(emu_sock_t *s, uint32_t *pi);
 
 /* ---- epoll bookkeeping (emu_poll.c) ----------------------------------------------------- */
 EMU_HIDDEN void emu_epoll_track(int epfd);
@@ -227,7 +322,8 @@ EMU_HIDDEN int emu_thread_offload_set(int offload, pthread_t tid);
 enum { EMU_ROLE_TCP_SERVER, EMU_ROLE_TCP_CLIENT, EMU_ROLE_UDP_SENDER, EMU_ROLE_UDP_RECEIVER,
        EMU_ROLE_UDP_CONNECT };
 EMU_HIDDEN int emu_rule_add(const char *line);       /* 0 ok, 1 syntax error (poisoned) */
-EMU_HIDDEN void emu_rules_load_file(const char *path);
+/* read the config file named by variable `var` (fatal on any error) */
+EMU_HIDDEN void emu_rules_load_file(const char *var, const char *path);
 EMU_HIDDEN uint64_t emu_rules_seq(void);
 EMU_HIDDEN void emu_rules_fork_child(void);
 /* 1 if a rule says `use os` (first match wins among rules with seq <= upto) */
@@ -235,7 +331,7 @@ EMU_HIDDEN int emu_rules_use_os(int role, const struct sockaddr *first, const st
                                 uint64_t upto);
 
 /* ---- feed (emu_feed.c) ------------------------------------------------------------------ */
-EMU_HIDDEN int emu_feed_parse(const char *spec);
+EMU_HIDDEN int emu_feed_parse(const char *spec);          /* 0 or -1 (nothing set) */
 EMU_HIDDEN uint32_t emu_feed_size_for_port(unsigned port); /* 0 = no feed on that port */
 EMU_HIDDEN int emu_feed_make_pkt(emu_sock_t *s, uint32_t *pi);
 EMU_HIDDEN ssize_t emu_feed_copy(emu_sock_t *s, const struct iovec *iov, int iovcnt,
@@ -252,6 +348,7 @@ extern EMU_HIDDEN pyxlio_free_fn emu_user_free;
 /* misc helpers */
 EMU_HIDDEN size_t emu_copy_to_iov(const struct iovec *iov, int iovcnt, const emu_pkt_t *p, size_t skip_none);
 EMU_HIDDEN void emu_fmt_addr(const struct sockaddr *sa, socklen_t len, char *out, size_t outlen);
-EMU_HIDDEN size_t emu_parse_size(const char *s, size_t dflt);
+/* libxlio's size syntax: 0 and *out, or -1 (bad syntax or above 2^64-1) */
+EMU_HIDDEN int emu_parse_size(const char *s, unsigned long long *out);
 
 #endif /* PYXLIO_EMU_H */

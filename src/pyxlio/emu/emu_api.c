@@ -51,13 +51,13 @@ static int zc_tcp(emu_sock_t *s, unsigned char *buf, size_t len, int in, int *fl
     uint32_t gen = ST_LOAD(s->gen);
     size_t maxpk = (len - PYXLIO_ZC_HEADER_BYTES) / (PYXLIO_ZC_PACKET_BYTES + PYXLIO_ZC_IOV_BYTES);
     emu_spare_t *sp = emu_spare();
-    if (!sp || sp->cnt == 0) { CNT_ADD(s->enomem, 1); errno = ENOMEM; return -1; }
+    if (!sp || emu_spare_need(sp, 1) < 0) { CNT_ADD(s->enomem, 1); errno = ENOMEM; return -1; }
     size_t k = maxpk < sp->cnt ? maxpk : sp->cnt;
     struct msghdr m;
     memset(&m, 0, sizeof m);
     m.msg_iov = sp->iov;
     m.msg_iovlen = k;
-    ssize_t n = REAL(recvmsg)(s->fd, &m, in & ~(EMU_XLIO_RX_FLAGS | MSG_PEEK | MSG_TRUNC));
+    ssize_t n = REAL(recvmsg)(s->fd, &m, in & ~(EMU_XLIO_RX_FLAGS | MSG_PEEK | MSG_TRUNC | MSG_WAITALL));
     if (n <= 0) {
         if (n == 0) *flags = in & ~PYXLIO_MSG_XLIO_ZCOPY;
         return (int)n;
@@ -107,6 +107,42 @@ static int zc_tcp(emu_sock_t *s, unsigned char *buf, size_t len, int in, int *fl
     return (int)n;
 }
 
+/* Receive flags, as libxlio 3.51.1 treats them in recvfrom_zcopy (read in its sources:
+ * src/core/sock/sock-extra.cpp xlio_recvfrom_zcopy, which ORs MSG_XLIO_ZCOPY into the flags
+ * and calls sockinfo::rx with no msghdr; src/core/sock/sockinfo_udp.cpp sockinfo_udp::rx,
+ * zero_copy_rx, handle_msg_trunc; src/core/sock/sockinfo.h sockinfo::dequeue_packet;
+ * src/core/sock/sockinfo_tcp.cpp sockinfo_tcp::rx, zero_copy_rx, handle_msg_trunc):
+ *
+ * - A socket XLIO does not offload (and data that came through the kernel): the flags go to
+ *   the kernel's recvfrom with MSG_XLIO_ZCOPY cleared, so MSG_PEEK, MSG_TRUNC, MSG_WAITALL and
+ *   MSG_ERRQUEUE mean what they mean to the kernel.  The emulator does the same.
+ * - Offloaded UDP, MSG_PEEK: dequeue_packet fills in the packet list (the id is the queued
+ *   packet's own descriptor) but leaves the packet on the ready list: the datagram stays, the
+ *   next receive returns it again, with the same id.  The peeked id is not the caller's to
+ *   free: freeing it returns the buffer to the ring while the packet is still queued (a later
+ *   receive then hands out freed memory).  The emulator keeps the datagram queued the same way
+ *   and answers a free of a still-queued packet with -1/ENOENT and a contract violation.
+ * - Offloaded UDP, MSG_TRUNC: when the packet list has no room for every fragment, the return
+ *   value is the datagram's full length instead of the bytes listed (handle_msg_trunc).
+ * - Offloaded UDP, MSG_WAITALL: not looked at; one datagram, as the kernel does for UDP.
+ * - Offloaded TCP, MSG_TRUNC: ignored (sockinfo_tcp::handle_msg_trunc).
+ * - Offloaded TCP, MSG_PEEK: zero_copy_rx pops the packets off the ready list anyway while the
+ *   ready-byte count is left as it was: the data is consumed and the socket's accounting is
+ *   corrupt (a later receive dequeues from an empty list).  Unsafe: refused here.
+ * - Offloaded TCP, MSG_WAITALL: the call waits until as many payload bytes are ready as the
+ *   *packet-list buffer* is long (an unrelated quantity), possibly for ever.  Refused here.
+ * - Offloaded UDP or TCP, MSG_ERRQUEUE: the error queue is only looked at when a msghdr is
+ *   passed, which recvfrom_zcopy never does: the flag is ignored and a data packet comes back
+ *   to a caller that asked for an error report.  Refused here.
+ * A refusal is -1/EINVAL with a contract violation (a diagnostic line; exit status 86 at exit
+ * in strict mode), the data left where it was. */
+static int zc_refuse(emu_sock_t *s, const char *flag, const char *why) {
+    emu_violation("recvfrom_zcopy(fd=%d): %s on an offloaded %s socket refused with EINVAL: %s",
+                  s->fd, flag, s->is_tcp ? "TCP" : "UDP", why);
+    errno = EINVAL;
+    return -1;
+}
+
 static int api_recvfrom_zcopy(int fd, void *buf, size_t len, int *flags, struct sockaddr *from,
                               socklen_t *fromlen) {
     int in = flags ? *flags : 0;
@@ -123,29 +159,47 @@ static int api_recvfrom_zcopy(int fd, void *buf, size_t len, int *flags, struct 
         return -1;
     }
     if (!s->offloaded) {
+        /* a socket the emulator wraps and serves through the kernel, as libxlio 3.51.1 does
+         * (src/core/sock/sockinfo_udp.cpp sockinfo_udp::rx, label "os"): readability from
+         * FIONREAD first (UDP), then MSG_XLIO_ZCOPY_FORCE -> -1/EIO with the datagram left
+         * where it is, else a copy into buf with MSG_XLIO_ZCOPY cleared */
+        if (s->is_udp && !(in & MSG_ERRQUEUE) && emu_os_gate(s, in) < 0) return -1;
         if (in & PYXLIO_MSG_XLIO_ZCOPY_FORCE) { errno = EIO; return -1; }
         *flags = in & ~PYXLIO_MSG_XLIO_ZCOPY;
         return (int)recvfrom(fd, buf, len, in & ~EMU_XLIO_RX_FLAGS, from, fromlen);
     }
     if (!buf) { errno = EFAULT; return -1; }
+    if (EMU_UNLIKELY(in & (MSG_ERRQUEUE | MSG_PEEK | MSG_WAITALL))) {
+        if (in & MSG_ERRQUEUE)
+            return zc_refuse(s, "MSG_ERRQUEUE", "libxlio ignores it there and returns data, not "
+                             "an error report");
+        if (s->is_tcp && (in & MSG_PEEK))
+            return zc_refuse(s, "MSG_PEEK", "libxlio consumes the data and corrupts the "
+                             "socket's accounting");
+        if (s->is_tcp && (in & MSG_WAITALL))
+            return zc_refuse(s, "MSG_WAITALL", "libxlio waits for as many bytes as the "
+                             "packet-list buffer is long");
+    }
     if (s->is_tcp) return zc_tcp(s, buf, len, in, flags, from, fromlen);
     if (len < PYXLIO_ZC_UDP_MIN(1)) { errno = ENOBUFS; return -1; }
-    int kflags = in & ~(EMU_XLIO_RX_FLAGS | MSG_PEEK | MSG_TRUNC);
+    int peek = in & MSG_PEEK;
+    int kflags = in & ~(EMU_XLIO_RX_FLAGS | MSG_PEEK | MSG_TRUNC | MSG_WAITALL);
     uint32_t pi, gen;
-    if (atomic_load_explicit(&s->special, memory_order_relaxed)) {
-        if (s->feed && !s->cb && !ST_LOAD(s->qlen)) {
-            gen = ST_LOAD(s->gen);
-            if (emu_feed_make_pkt(s, &pi) < 0) return -1;
-        } else {
-            if (emu_next_special(s, kflags, &pi) < 0) return -1;
-            gen = emu_pool.pkts[pi].gen;
-        }
-    } else {
+    int claimed = 0;
+    if (s->feed && !s->cb && !ST_LOAD(s->qlen)) {
         gen = ST_LOAD(s->gen);
-        if (emu_pull_kernel(s, kflags, &pi, fromlen != NULL) < 0) return -1;
+        if (emu_feed_make_pkt(s, &pi) < 0) return -1;
+    } else if (!peek && ST_LOAD(s->qhead) && emu_queue_take_zc(s, &pi)) {
+        gen = emu_pool.pkts[pi].gen;    /* a batch's datagram, handed out in one step */
+        claimed = 1;
+    } else {
+        /* the user queue first, then a batch from the kernel (emu_pull_batch): one datagram
+         * per call, as libxlio answers, whatever the batch pulled */
+        if (emu_next_special(s, kflags, &pi) < 0) return -1;
+        gen = emu_pool.pkts[pi].gen;
     }
-    if (claim_zc(s, gen, pi) < 0) return -1;
     emu_pkt_t *p = &emu_pool.pkts[pi];
+    if (!peek && !claimed && claim_zc(s, gen, pi) < 0) return -1;
     unsigned char *b = buf;
     size_t fit = (len - PYXLIO_ZC_HEADER_BYTES - PYXLIO_ZC_PACKET_BYTES) / PYXLIO_ZC_IOV_BYTES;
     uint32_t nf = p->nfrag ? p->nfrag : 1;
@@ -164,8 +218,15 @@ static int api_recvfrom_zcopy(int fd, void *buf, size_t len, int *flags, struct 
         total += fl;
         bi = emu_pool.next[bi];
     }
+    if ((in & MSG_TRUNC) && total < p->len) total = p->len;
     fill_from(p, from, fromlen);
-    CNT_ADD(s->rx_zcopy, 1);
+    if (peek) {
+        /* back at the head of the queue, still the socket's: the next receive returns it */
+        p->gen = gen;
+        if (emu_queue_push_front(s, pi) < 0) { errno = EBADF; return -1; }
+    } else {
+        CNT_ADD(s->rx_zcopy, 1);
+    }
     *flags = in | PYXLIO_MSG_XLIO_ZCOPY;
     return (int)total;
 }
@@ -182,7 +243,11 @@ static const char *state_name(unsigned st) {
 }
 
 static int api_free_packets(int fd, pyxlio_zc_packet_t *pkts, size_t count) {
-    if (count == 0) return 0;
+    /* count 0: libxlio answers 0, libvma 9.8.84 -1/EINVAL (fact sheet section 11) */
+    if (count == 0) {
+        if (emu_conf.layout == PYXLIO_LAYOUT_VMA) { errno = EINVAL; return -1; }
+        return 0;
+    }
     emu_sock_t *s = emu_sock_get(fd);
     if (!s || !s->offloaded) { errno = EINVAL; return -1; }
     if (!pkts) {
@@ -235,6 +300,7 @@ static int api_free_packets(int fd, pyxlio_zc_packet_t *pkts, size_t count) {
         uint32_t nb = 0;
         for (uint32_t j = 0; j < nids; j++) {
             emu_pkt_t *p = &emu_pool.pkts[ids[j]];
+            emu_pkt_canary(p);
             uint32_t nf = p->nfrag ? p->nfrag : 1, b = p->buf;
             for (uint32_t k = 0; k < nf; k++) {
                 bufs[nb++] = b;
@@ -252,28 +318,52 @@ static int api_free_packets(int fd, pyxlio_zc_packet_t *pkts, size_t count) {
 static int api_add_conf_rule(const char *line) { return emu_rule_add(line); }
 
 static int api_thread_offload(int offload, pthread_t tid) {
+    /* libvma 9.8.84 (fact sheet section 11): thread_offload starts the library and answers 0 */
+    if (emu_conf.layout == PYXLIO_LAYOUT_VMA) emu_init();
     if (!atomic_load(&emu_inited)) { errno = EINVAL; return -1; }
     return emu_thread_offload_set(offload, tid) < 0 ? -1 : 0;
 }
 
+/* Rings, as measured on a real libxlio 3.51.1 (fact sheet section 9): 0 for a bound UDP socket
+ * it serves through the kernel and for an unconnected TCP socket, -1 for an unbound UDP socket;
+ * 0 for an fd it does not know (a pipe, a socket made with thread offload off: measured again
+ * in a started 3.51.1, as its source says); a socket it offloads has at least one ring (the
+ * emulator: one, whose fd is the socket's own, pollable as the socket is).  A listening TCP
+ * socket the emulator offloads has its ring too (libxlio attaches a listener's flow to one).
+ *
+ * Read in 3.51.1's sources: src/core/sock/sock-extra.cpp xlio_get_socket_rings_num (0 for an
+ * fd it does not know, else sockinfo::get_rings_num) and xlio_get_socket_rings_fds (-1/EINVAL
+ * for ring_fds_sz <= 0 or a NULL array, 0 for an fd it does not know), src/core/sock/sockinfo.cpp
+ * sockinfo::get_rings_num / get_rings_fds (a count of the rx rings' channel fds, >= 0).  The
+ * source gives no -1 from get_socket_rings_num; for an unbound UDP socket the emulator follows
+ * the fact sheet's measurement, which pyxlio reads as "cannot tell yet" (and a real 0 as "not
+ * offloaded", asked again at the next call: either is safe). */
 static int rings_num(emu_sock_t *s) {
-    if (!s->offloaded) return 0;
-    return (s->local_len && s->local.sin6_port != 0) ? 1 : 0;
+    if (s->is_udp) {
+        struct sockaddr_in6 a;
+        socklen_t l = sizeof a;
+        if (getsockname(s->fd, (struct sockaddr *)&a, &l) != 0 || a.sin6_port == 0) {
+            errno = EINVAL;                 /* not bound yet: libxlio answers -1 */
+            return -1;
+        }
+        return s->offloaded ? 1 : 0;
+    }
+    if (s->is_tcp) return s->offloaded && (s->connected || s->listener) ? 1 : 0;
+    return 0;
 }
 
 static int api_get_socket_rings_num(int fd) {
     emu_sock_t *s = emu_sock_get(fd);
-    if (!s) { errno = EINVAL; return -1; }
-    return rings_num(s);
+    return s ? rings_num(s) : 0;        /* an fd it does not know: 0 (sock-extra.cpp) */
 }
 
 static int api_get_socket_rings_fds(int fd, int *ring_fds, int ring_fds_sz) {
-    if (ring_fds_sz <= 0) { errno = EINVAL; return -1; }
-    if (!ring_fds) { errno = EFAULT; return -1; }
+    if (ring_fds_sz <= 0 || !ring_fds) { errno = EINVAL; return -1; }
     emu_sock_t *s = emu_sock_get(fd);
-    if (!s) { errno = EINVAL; return -1; }
+    if (!s) return 0;
     int n = rings_num(s);
-    if (n) ring_fds[0] = fd;
+    if (n <= 0) return 0;
+    ring_fds[0] = fd;
     return n;
 }
 
@@ -298,9 +388,14 @@ static void dump_one(emu_sock_t *s) {
     pthread_mutex_unlock(&s->mu);
 }
 
+/* libxlio 3.51.1 (src/core/sock/sock-extra.cpp xlio_dump_fd_stats, src/core/sock/
+ * fd_collection.cpp fd_collection::statistics_print, src/vlogger/vlogger.cpp log_level::from_int):
+ * -1 before the global init; after it, 0 for any fd - a socket, one it does not know, a
+ * descriptor that is not a socket - printing what it knows of it (nothing for an fd it does not
+ * know); a level outside -1..8 is taken as the default level (INFO). */
 static int api_dump_fd_stats(int fd, int log_level) {
     if (!atomic_load(&emu_inited)) { errno = EINVAL; return -1; }
-    if (log_level < PYXLIO_LOG_NONE || log_level > PYXLIO_LOG_ALL) { errno = EINVAL; return -1; }
+    if (log_level < PYXLIO_LOG_NONE || log_level > PYXLIO_LOG_ALL) log_level = PYXLIO_LOG_INFO;
     int show = log_level <= emu_conf.tracelevel;
     if (fd == 0) {
         if (!show) return 0;
@@ -311,8 +406,7 @@ static int api_dump_fd_stats(int fd, int log_level) {
         return 0;
     }
     emu_sock_t *s = emu_sock_get(fd);
-    if (!s) { errno = EINVAL; return -1; }
-    if (show) dump_one(s);
+    if (s && show) dump_one(s);
     return 0;
 }
 
@@ -349,9 +443,16 @@ static int api_ioctl(void *cmsg_hdr, size_t cmsg_len) {
     return 0;
 }
 
+/* libxlio 3.51.1 (src/core/sock/sock-extra.cpp xlio_register_recv_callback): 0 for every socket
+ * it wraps, offloaded or not, TCP included (it only looks the fd up); -1/EINVAL for an fd it
+ * does not know (or with socketXtreme on, which the emulator does not have).  The callback then
+ * runs only on datagrams it offloads (src/core/sock/sockinfo_udp.cpp inspect_by_user_cb): never
+ * for a socket served by the kernel.  3.60.x (its sock-extra.cpp) accepts UDP sockets only.
+ * The emulator runs callbacks on offloaded UDP sockets (emu_sock_cb); one registered on a TCP
+ * socket is accepted and never called (libxlio 3.51.1 runs it on offloaded TCP segments). */
 static int api_register_recv_callback(int fd, pyxlio_recv_callback_t cb, void *context) {
     emu_sock_t *s = emu_sock_get(fd);
-    if (!s || !s->offloaded || !s->is_udp) { errno = EINVAL; return -1; }
+    if (!s || (emu_conf.layout == PYXLIO_LAYOUT_360 && !s->is_udp)) { errno = EINVAL; return -1; }
     pthread_mutex_lock(&s->mu);
     s->cb = cb;
     s->cb_ctx = cb ? context : NULL;
@@ -365,20 +466,50 @@ static int api_unsupported(void) {
     return -1;
 }
 
-/* ---- the tables ------------------------------------------------------------------------- */
+/* ---- the tables ------------------------------------------------------------------------
+ * One per layout, as the fact sheet (section 2) gives them and each release's
+ * src/core/xlio_extra.h and src/core/sock/sock-extra.cpp (extra_api) set them: 3.51.1, 3.60.4,
+ * 3.61.2, 3.940.2.  The Ultra API (3.60+, 23 members) and the socket API (legacy 3.30.3+ and
+ * 3.94x, 16 members) are not emulated: their members answer -1/EOPNOTSUPP. */
+#define EMU_ULTRA_MEMBERS 23
+#define EMU_SOCKET_API_MEMBERS 16
+
+typedef struct PYXLIO_PACKED {
+    pyxlio_api_360_t h;
+    void *ultra[EMU_ULTRA_MEMBERS];
+} emu_api360_t;
+
 typedef struct PYXLIO_PACKED {
     pyxlio_api_361_t h;
-    void *socket_api[16];
+    void *ultra[EMU_ULTRA_MEMBERS];
 } emu_api361_t;
 
+typedef struct PYXLIO_PACKED {
+    pyxlio_api_394_t h;
+    void *socket_api[EMU_SOCKET_API_MEMBERS];
+} emu_api394_t;
+
+_Static_assert(sizeof(pyxlio_api_legacy_t) == 248, "3.51.x xlio_api_t is 248 bytes");
+_Static_assert(sizeof(emu_api360_t) == 232, "3.60.x xlio_api_t is 232 bytes");
+_Static_assert(sizeof(emu_api361_t) == 224, "3.61+ xlio_api_t is 224 bytes");
+_Static_assert(sizeof(emu_api394_t) == 176, "3.94x xlio_api_t is 176 bytes");
+
+#define CAPS_LEGACY 0x3fffULL   /* bits 0..13 */
+#define CAPS_360 0x2819ULL      /* REGISTER_RECV_CALLBACK, ADD_CONF_RULE, THREAD_OFFLOAD, DUMP_FD_STATS, XLIO_ULTRA */
+#define CAPS_361 0x2818ULL      /* ADD_CONF_RULE, THREAD_OFFLOAD, DUMP_FD_STATS, XLIO_ULTRA */
+#define CAPS_394 0x3818ULL      /* ADD_CONF_RULE, THREAD_OFFLOAD, DUMP_FD_STATS, IOCTL, XLIO_SOCKET */
+
 static pyxlio_api_legacy_t g_api_legacy;
+static emu_api360_t g_api_360;
 static emu_api361_t g_api_361;
+static emu_api394_t g_api_394;
 static pthread_once_t g_api_once = PTHREAD_ONCE_INIT;
 
 static void api_build(void) {
+    void *unsupported = (void *)api_unsupported;
     pyxlio_api_legacy_t *a = &g_api_legacy;
     a->magic = PYXLIO_XLIO_MAGIC;
-    a->cap_mask = 0x3fff;
+    a->cap_mask = CAPS_LEGACY;
     a->recvfrom_zcopy = api_recvfrom_zcopy;
     a->recvfrom_zcopy_free_packets = api_free_packets;
     a->add_conf_rule = api_add_conf_rule;
@@ -392,17 +523,79 @@ static void api_build(void) {
     a->socketxtreme_free_packets = api_unsupported;
     a->socketxtreme_ref_buff = api_unsupported;
     a->socketxtreme_free_buff = api_unsupported;
-    for (int i = 0; i < 16; i++) a->socket_api[i] = (void *)api_unsupported;
-    emu_api361_t *b = &g_api_361;
+    for (int i = 0; i < EMU_SOCKET_API_MEMBERS; i++) a->socket_api[i] = unsupported;
+
+    emu_api360_t *b = &g_api_360;
     b->h.magic = PYXLIO_XLIO_MAGIC;
-    b->h.cap_mask = 0x2818;
+    b->h.cap_mask = CAPS_360;
     b->h.add_conf_rule = api_add_conf_rule;
     b->h.thread_offload = api_thread_offload;
     b->h.dump_fd_stats = api_dump_fd_stats;
-    for (int i = 0; i < 16; i++) b->socket_api[i] = (void *)api_unsupported;
+    b->h.register_recv_callback = api_register_recv_callback;
+    for (int i = 0; i < EMU_ULTRA_MEMBERS; i++) b->ultra[i] = unsupported;
+
+    emu_api361_t *c = &g_api_361;
+    c->h.magic = PYXLIO_XLIO_MAGIC;
+    c->h.cap_mask = CAPS_361;
+    c->h.add_conf_rule = api_add_conf_rule;
+    c->h.thread_offload = api_thread_offload;
+    c->h.dump_fd_stats = api_dump_fd_stats;
+    for (int i = 0; i < EMU_ULTRA_MEMBERS; i++) c->ultra[i] = unsupported;
+
+    emu_api394_t *d = &g_api_394;
+    d->h.magic = PYXLIO_XLIO_MAGIC;
+    d->h.cap_mask = CAPS_394;
+    d->h.add_conf_rule = api_add_conf_rule;
+    d->h.thread_offload = api_thread_offload;
+    d->h.dump_fd_stats = api_dump_fd_stats;
+    d->h.ioctl = api_ioctl;
+    for (int i = 0; i < EMU_SOCKET_API_MEMBERS; i++) d->socket_api[i] = unsupported;
+}
+
+/* libvma 9.8.84's struct vma_api_t (fact sheet section 11): no magic, the members from 0, the
+ * support mask 0x377fff @152, ioctl @160.  libvma allocates it on the heap on the first request
+ * and returns the same pointer ever after; the emulator's is static.  Members pyxlio never
+ * calls (socketXtreme, tx ring fd, network header, ring profiles, direct descriptors, memory on
+ * ring, modify ring) answer -1/EOPNOTSUPP. */
+static pyxlio_api_vma_t g_api_vma;
+
+static void api_build_vma(void) {
+    void *unsupported = (void *)api_unsupported;
+    pyxlio_api_vma_t *v = &g_api_vma;
+    v->register_recv_callback = api_register_recv_callback;
+    v->recvfrom_zcopy = api_recvfrom_zcopy;
+    v->free_packets = api_free_packets;
+    v->add_conf_rule = api_add_conf_rule;
+    v->thread_offload = api_thread_offload;
+    v->socketxtreme_poll = api_unsupported;
+    v->get_socket_rings_num = api_get_socket_rings_num;
+    v->get_socket_rings_fds = api_get_socket_rings_fds;
+    v->get_socket_tx_ring_fd = unsupported;
+    v->socketxtreme_free_vma_packets = api_unsupported;
+    v->socketxtreme_ref_vma_buff = api_unsupported;
+    v->socketxtreme_free_vma_buff = api_unsupported;
+    v->dump_fd_stats = api_dump_fd_stats;
+    v->vma_add_ring_profile = unsupported;
+    v->get_socket_network_header = unsupported;
+    v->get_ring_direct_descriptors = unsupported;
+    v->register_memory_on_ring = unsupported;
+    v->deregister_memory_on_ring = unsupported;
+    v->vma_modify_ring = unsupported;
+    v->vma_extra_supported_mask = PYXLIO_VMA_MASK_9_8_84;
+    v->ioctl = api_ioctl;
 }
 
 void *emu_api_pointer(void) {
     pthread_once(&g_api_once, api_build);
-    return emu_conf.layout361 ? (void *)&g_api_361 : (void *)&g_api_legacy;
+    if (emu_conf.layout == PYXLIO_LAYOUT_VMA) {
+        static pthread_once_t vma_once = PTHREAD_ONCE_INIT;
+        pthread_once(&vma_once, api_build_vma);
+        return &g_api_vma;
+    }
+    switch (emu_conf.layout) {
+    case PYXLIO_LAYOUT_360: return &g_api_360;
+    case PYXLIO_LAYOUT_361: return &g_api_361;
+    case PYXLIO_LAYOUT_394: return &g_api_394;
+    default: return &g_api_legacy;
+    }
 }

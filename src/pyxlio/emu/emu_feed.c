@@ -18,23 +18,36 @@
 static struct { unsigned port; uint32_t size; } g_feed[EMU_FEED_MAX];
 static int g_nfeed;
 
+/* a decimal of at most 6 digits (no sign, no blanks); -1 otherwise */
+static long dec(const char **p) {
+    const char *s = *p;
+    long v = 0;
+    int n = 0;
+    while (*s >= '0' && *s <= '9') {
+        if (++n > 6) return -1;
+        v = v * 10 + (*s++ - '0');
+    }
+    if (!n) return -1;
+    *p = s;
+    return v;
+}
+
+/* PORT:SIZE[,PORT:SIZE...]: 1..EMU_FEED_MAX entries, each port once; 0, or -1 (nothing set) */
 int emu_feed_parse(const char *spec) {
     const char *p = spec;
     int n = 0;
-    while (*p) {
-        char *end;
-        unsigned long port = strtoul(p, &end, 10);
-        if (end == p || *end != ':' || port == 0 || port > 65535) goto bad;
-        p = end + 1;
-        unsigned long size = strtoul(p, &end, 10);
-        if (end == p || size < 8 || size > EMU_FEED_MAX_SIZE) goto bad;
-        if (n == EMU_FEED_MAX) goto bad;
+    for (;;) {
+        long port = dec(&p);
+        if (port < 1 || port > 65535 || *p++ != ':') goto bad;
+        long size = dec(&p);
+        if (size < 8 || size > EMU_FEED_MAX_SIZE || n == EMU_FEED_MAX) goto bad;
+        for (int i = 0; i < n; i++)
+            if (g_feed[i].port == (unsigned)port) goto bad;
         g_feed[n].port = (unsigned)port;
         g_feed[n].size = (uint32_t)size;
         n++;
-        p = end;
-        if (*p == ',') p++;
-        else if (*p) goto bad;
+        if (!*p) break;
+        if (*p++ != ',') goto bad;
     }
     g_nfeed = n;
     return 0;
@@ -76,7 +89,7 @@ int emu_feed_make_pkt(emu_sock_t *s, uint32_t *pi) {
     uint32_t size = s->feed_size;
     size_t nf = (size + emu_conf.frag - 1) / emu_conf.frag;
     emu_spare_t *sp = emu_spare();
-    if (!sp || sp->cnt < nf) {
+    if (!sp || emu_spare_need(sp, (uint32_t)nf) < 0) {
         atomic_fetch_add_explicit(&s->enomem, 1, memory_order_relaxed);
         errno = ENOMEM;
         return -1;

@@ -87,7 +87,7 @@ static int poll_common(struct pollfd *fds, nfds_t nfds, int64_t deadline, const 
         int any = 0;
         for (nfds_t k = 0; k < ns; k++) {
             emu_sock_t *s = emu_sock_get(fds[idx[k]].fd);
-            if (s && emu_pull_into_queue(s, PULL_MAX) > 0) any = 1;
+            if (s && emu_pull_into_queue(s, PULL_MAX) == 1) any = 1;
         }
         int ms = any ? 0 : remaining_ms(deadline);
         if (use_ppoll) {
@@ -163,7 +163,7 @@ static int select_common(int nfds, fd_set *r, fd_set *w, fd_set *e, int64_t dead
         int any = 0;
         for (int k = 0; k < ns; k++) {
             emu_sock_t *s = emu_sock_get(sp[k]);
-            if (s && emu_pull_into_queue(s, PULL_MAX) > 0) any = 1;
+            if (s && emu_pull_into_queue(s, PULL_MAX) == 1) any = 1;
         }
         if (r) *r = r0;
         if (w) *w = w0;
@@ -243,6 +243,20 @@ EMU_EXPORT int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
         s->ep[i] = s->ep[--s->nep];
         i = s->nep;
     }
+    if (op == EPOLL_CTL_ADD && i == s->nep) {
+        /* libxlio keeps one epoll context per socket it knows, offloaded or not
+         * (src/core/sock/sockinfo.cpp add_epoll_context: "Currently XLIO does not support more
+         * then 1 epfd listed"): a second epoll instance gets -1/ENOMEM, after the kernel's
+         * epoll_ctl already took the fd (src/core/iomux/epfd_info.cpp add_fd: not undone). */
+        for (int k = 0; k < s->nep; k++)
+            if (s->ep[k].epgen == emu_epoll_gen(s->ep[k].epfd)) {
+                pthread_mutex_unlock(&s->mu);
+                errno = ENOMEM;
+                return -1;
+            }
+        s->nep = 0;                         /* only stale registrations: forget them */
+        i = 0;                              /* (the new one is the first) */
+    }
     if (op == EPOLL_CTL_DEL) {
         if (i < s->nep) s->ep[i] = s->ep[--s->nep];
     } else if (ev) {
@@ -297,7 +311,7 @@ static int epoll_common(int epfd, struct epoll_event *evs, int max, int timeout,
         int any = 0;
         for (int k = 0; k < ns; k++) {
             emu_sock_t *s = emu_sock_get(sp[k].fd);
-            sp[k].ready = s && emu_pull_into_queue(s, PULL_MAX) > 0;
+            sp[k].ready = s && emu_pull_into_queue(s, PULL_MAX) == 1;
             sp[k].reported = 0;
             any |= sp[k].ready;
         }

@@ -10,11 +10,16 @@
  * add_conf_rule poisons the parser: every later call returns 1, as in the real library.
  */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "emu.h"
+
+#define ACCEPT_FILE "a readable regular file of at most 1048576 bytes"
 
 typedef struct {
     int any;
@@ -106,7 +111,8 @@ static int parse_rule(const char *line, rule_t *r, char *err, size_t errlen) {
     if (!strcmp(tok[1], "os")) r->os = 1;
     else if (!strcmp(tok[1], "vma") || !strcmp(tok[1], "*"))
         r->os = 0;
-    else if (!strcmp(tok[1], "xlio") && emu_conf.layout361)   /* the newer parsers' keyword */
+    else if (!strcmp(tok[1], "xlio") && emu_conf.layout != PYXLIO_LAYOUT_LEGACY &&
+             emu_conf.layout != PYXLIO_LAYOUT_VMA) /* newer XLIO parsers; libvma: `vma` only */
         r->os = 0;
     else if (!strcmp(tok[1], "sdp") || !strcmp(tok[1], "sa"))
         r->os = 0, r->ignored = 1;
@@ -171,32 +177,73 @@ int emu_rule_add(const char *line) {
     return 0;
 }
 
-void emu_rules_load_file(const char *path) {
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        emu_log("cannot read config file %s", path);
-        return;
+/* The config file: read whole (it must be a regular file of at most EMU_CONF_FILE_MAX bytes,
+ * so /dev/zero, a FIFO or a directory is refused instead of read forever or blocked on), then
+ * split into lines of any length.  A line whose first non-blank character is '#' is a comment
+ * to its end, as in libxlio's lexer (`^[ \t]*#.*`); a line whose first word is `use` is a rule
+ * and must parse (a rule line longer than the parser's 511 bytes is an error, never split);
+ * other lines (log settings, application-id blocks) are not the emulator's business and are
+ * skipped.  Any error is fatal (emu_conf_error, exit status 87); called from the constructor. */
+void emu_rules_load_file(const char *var, const char *path) {
+    char q[300];
+    emu_quote(path, q, sizeof q);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) emu_conf_error("%s='%s' is invalid: cannot open it (%s); accepted: " ACCEPT_FILE, var, q, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) emu_conf_error("%s='%s' is invalid: cannot stat it (%s); accepted: " ACCEPT_FILE, var, q, strerror(errno));
+    if (!S_ISREG(st.st_mode)) {
+        const char *kind = S_ISDIR(st.st_mode) ? "a directory" : S_ISCHR(st.st_mode) ? "a character device"
+                         : S_ISBLK(st.st_mode) ? "a block device" : S_ISFIFO(st.st_mode) ? "a FIFO"
+                         : S_ISSOCK(st.st_mode) ? "a socket" : "not a regular file";
+        emu_conf_error("%s='%s' is invalid: it is %s; accepted: " ACCEPT_FILE, var, q, kind);
     }
-    char line[512];
-    int lineno = 0;
+    size_t cap = EMU_CONF_FILE_MAX + 1, len = 0;   /* one byte more tells "too large" */
+    char *text = malloc(cap + 1);
+    if (!text) emu_conf_error("%s='%s': no memory to read it", var, q);
+    while (len < cap) {
+        ssize_t r = REAL(read)(fd, text + len, cap - len);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) emu_conf_error("%s='%s' is invalid: cannot read it (%s); accepted: " ACCEPT_FILE, var, q, strerror(errno));
+        if (r == 0) break;
+        len += (size_t)r;
+    }
+    REAL(close)(fd);
+    if (len > EMU_CONF_FILE_MAX)
+        emu_conf_error("%s='%s' is invalid: it is larger than %u bytes; accepted: " ACCEPT_FILE, var, q, EMU_CONF_FILE_MAX);
+    text[len] = 0;
     pthread_mutex_lock(&g_rules_mu);
-    while (fgets(line, sizeof line, f)) {
+    int lineno = 0;
+    for (size_t off = 0; off < len;) {
+        char *line = text + off;
+        size_t n = 0;
+        while (off + n < len && line[n] != '\n') n++;
+        off += n + (off + n < len);     /* past the newline */
         lineno++;
-        char *p = line;
-        while (*p == ' ' || *p == '\t') p++;
-        if (strncmp(p, "use", 3) || (p[3] != ' ' && p[3] != '\t')) continue; /* not a rule */
+        if (memchr(line, 0, n))
+            emu_conf_error("%s='%s' line %d: a NUL byte; accepted: a text file", var, q, lineno);
+        size_t b = 0;
+        while (b < n && (line[b] == ' ' || line[b] == '\t')) b++;
+        if (b == n || line[b] == '#') continue;                               /* blank, comment */
+        if (n - b < 3 || strncmp(line + b, "use", 3) ||
+            (n - b > 3 && line[b + 3] != ' ' && line[b + 3] != '\t' && line[b + 3] != '\r'))
+            continue;                                                         /* not a rule */
+        if (n - b > 511)
+            emu_conf_error("%s='%s' line %d: a rule line of %zu bytes; accepted: at most 511 bytes",
+                           var, q, lineno, n - b);
+        char rule[512], err[160];
+        memcpy(rule, line + b, n - b);
+        rule[n - b] = 0;
         rule_t r;
         memset(&r, 0, sizeof r);
-        char err[160];
-        if (parse_rule(p, &r, err, sizeof err)) {
-            emu_log("%s:%d: rule ignored: %s", path, lineno, err);
-            continue;
-        }
+        if (parse_rule(rule, &r, err, sizeof err))
+            emu_conf_error("%s='%s' line %d: bad rule: %s (in \"%s\")", var, q, lineno, err, rule);
         r.seq = ++g_seq;
-        push(&g_file, &g_nfile, &g_capfile, &r);
+        if (push(&g_file, &g_nfile, &g_capfile, &r))
+            emu_conf_error("%s='%s': no memory for its rules", var, q);
     }
     pthread_mutex_unlock(&g_rules_mu);
-    fclose(f);
+    free(text);
 }
 
 void emu_rules_fork_child(void) { pthread_mutex_init(&g_rules_mu, NULL); }

@@ -1,12 +1,16 @@
 """pyxlio-perf: a sockperf-style latency and throughput tool (``python -m pyxlio.perf``).
 
-Modes as sockperf has them (``server``, ``ping-pong``, ``under-load``, ``throughput``), over UDP
-or TCP, unicast or multicast, speaking sockperf's 14-byte header so that this tool and a C
-sockperf can face each other. The receive side can use the stdlib socket or pyxlio's copy,
-zero-copy, batch and callback paths. Run ``python -m pyxlio.perf --help``.
+Modes as sockperf has them (``server``, ``ping-pong``, ``under-load``, ``throughput``,
+``playback``), over UDP or TCP, unicast or multicast, speaking sockperf's 14-byte header and
+printing sockperf's report lines, so that this tool and a C sockperf can face each other and a
+script that reads sockperf's output reads this tool's. The receive side can use the stdlib
+socket or pyxlio's copy, zero-copy, batch and callback paths. Run ``python -m pyxlio.perf --help``.
 
-Exit status: 0 on a completed run, 1 when the run failed (server unreachable, no reply at all,
-an error from the network or pyxlio), 2 for a bad command line, 130 when interrupted (client).
+Exit status: 0 on a completed run (also when no reply came: sockperf says "No messages were
+received from the server. Is the server down?" and exits 0, so does this tool), 1 when the run
+failed (TCP server unreachable, connection closed, data integrity failure, an error from the
+network or pyxlio), 2 for a bad command line or a sockperf option this tool does not offer, 130
+when a client is interrupted (after its report).
 """
 
 from __future__ import annotations
@@ -71,6 +75,18 @@ def reexec_under_emulator(module: str, argv: Sequence[str], *, strict: bool = Fa
     return 1  # not reached
 
 
+def _daemonize() -> None:
+    """sockperf's --daemonize: detach (fork, new session, fork), stdin from /dev/null."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() > 0:
+        os._exit(0)
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the perf tool with ``argv`` (default: the process arguments); return the exit status."""
     from .cli import UsageError, parse_args
@@ -92,34 +108,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status
 
     from . import report
+    from .log import Log
     from .methods import MethodError
 
-    if cfg.histogram is not None:
+    if cfg.plot is not None:
         try:
-            report.check_histogram_support()
-        except report.HistogramUnavailable as exc:
+            report.check_plot_support()
+        except report.PlotUnavailable as exc:
             _err(str(exc))
             return 2
 
     import signal
 
     from .client import ClientError, run_client
-    from .server import StopFlag, run_server
+    from .server import StopFlag, fast_loop_applies, run_server
 
+    log = Log(None if cfg.json else sys.stdout, None if cfg.quiet else sys.stderr)
     try:
         if cfg.mode == "server":
+            if cfg.daemonize:
+                _daemonize()
             stop = StopFlag()
             old = {s: signal.signal(s, stop.set) for s in (signal.SIGINT, signal.SIGTERM)}
             try:
                 def ready(host: str, port: int) -> None:
+                    if cfg.quiet and not cfg.json:
+                        return
                     sys.stderr.write(
                         f"pyxlio-perf: server listening on {cfg.protocol.upper()} "
                         f"{host}:{port} (recv-method {cfg.recv_method}, "
-                        f"{'busy-poll' if cfg.busy_poll else 'blocking'})\n"
+                        f"{'busy-poll' if cfg.busy_poll else 'blocking'}, "
+                        f"{'compiled' if fast_loop_applies(cfg) else 'Python'} loop)\n"
                     )
                     sys.stderr.flush()
 
-                sres = run_server(cfg, stop=stop, ready=ready)
+                sres = run_server(cfg, stop=stop, ready=ready, log=log)
             finally:
                 for s, h in old.items():
                     signal.signal(s, h)
@@ -129,22 +152,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.flush()
             return 0
 
-        try:
-            cres = run_client(cfg)
-        except KeyboardInterrupt:
-            _err("interrupted")
-            return 130
+        cres = run_client(cfg, log=log)
         if cfg.json:
             sys.stdout.write(report.to_json(report.client_dict(cres)) + "\n")
         else:
-            sys.stdout.write(report.client_text(cres))
+            width = 0
+            if sys.stdout.isatty():
+                width = os.get_terminal_size(sys.stdout.fileno()).columns
+            sys.stdout.write(report.client_text(cres, cfg, width))
         sys.stdout.flush()
-        if cfg.histogram is not None and cres.rtt_ns:
-            report.draw_histogram(cres.rtt_ns, cfg.histogram,
-                                  f"{cfg.mode} {cfg.protocol} {cfg.msg_size} B, {cfg.recv_method}")
-        if cfg.mode != "throughput" and cres.latency is None:
-            return 1
-        return 0
+        if cfg.full_log is not None and cfg.mode != "throughput":
+            with open(cfg.full_log, "w", encoding="ascii") as f:
+                report.write_full_log(f, cres, cfg)
+        if cfg.plot is not None and cres.rtt_ns:
+            report.draw_plot(cres.rtt_ns, cfg.plot,
+                             f"{cfg.mode} {cfg.protocol} {cfg.msg_size} B, {cfg.recv_method}",
+                             cfg.full_rtt)
+        return 130 if cres.end == "user" else 0
     except (ClientError, MethodError, OSError, ValueError) as exc:
         _err(str(exc))
         return 1

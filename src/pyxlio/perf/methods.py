@@ -18,11 +18,12 @@ Methods:
   copy      the same calls on pyxlio.socket.socket (XLIO's offloaded copy path)
   zcopy     pyxlio recvfrom_zcopy() -> Packet; parse through memoryview(pkt); release()
   batch     pyxlio recv_batch(N) -> PacketBatch; parse each of views(); release()
-  callback  pyxlio set_recv_callback(fn): fn parses and handles each datagram inside XLIO's
-            receive path and answers Verdict.DROP (consumed: no copy to the application); a
+  callback  pyxlio set_recv_callback(fn): fn parses and handles each datagram inside the
+            receive call (XLIO's receive path where XLIO offloads the socket, pyxlio's own
+            elsewhere) and answers Verdict.DROP (consumed: no copy to the application); a
             datagram that needs the normal path (a server reply) gets Verdict.RECV and is handled
-            when recv_into returns it. A blocking client answers RECV for every datagram
-            (already handled in the callback) so that its waiting recv_into wakes up.
+            when recv_batch returns it. A blocking client answers RECV for every datagram
+            (already handled in the callback) so that its waiting receive call returns.
 
 This module imports ``socket`` lazily (pyxlio's allocator rule).
 """
@@ -106,11 +107,11 @@ class Receiver:
     name = "?"
 
     def __init__(self, sock: _socket_mod.socket, *, stream: bool, connected: bool,
-                 bufsize: int = MAX_MESSAGE) -> None:
+                 bufsize: int = MAX_MESSAGE, max_message: int = MAX_MESSAGE) -> None:
         self.sock = sock
         self.stream = stream
         self.connected = connected
-        self.framer = StreamFramer() if stream else None
+        self.framer = StreamFramer(max_message) if stream else None
         self.bufsize = max(bufsize, 2048)
 
     def recv(self, handler: Handler) -> int:
@@ -137,8 +138,10 @@ class CopyReceiver(Receiver):
     """stdlib / copy: ``recv_into`` (or ``recvfrom_into``) into one preallocated buffer."""
 
     def __init__(self, sock: _socket_mod.socket, *, stream: bool, connected: bool,
-                 bufsize: int = MAX_MESSAGE, name: str = "stdlib") -> None:
-        super().__init__(sock, stream=stream, connected=connected, bufsize=bufsize)
+                 bufsize: int = MAX_MESSAGE, name: str = "stdlib",
+                 max_message: int = MAX_MESSAGE) -> None:
+        super().__init__(sock, stream=stream, connected=connected, bufsize=bufsize,
+                         max_message=max_message)
         self.name = name
         # TCP reads take as much as the kernel has: a bigger buffer means fewer calls.
         self.buf = bytearray(max(self.bufsize, 262144) if stream else self.bufsize)
@@ -200,8 +203,10 @@ class BatchReceiver(Receiver):
     name = "batch"
 
     def __init__(self, sock: _socket_mod.socket, *, stream: bool, connected: bool,
-                 bufsize: int = MAX_MESSAGE, batch_size: int = 64, busy: bool = False) -> None:
-        super().__init__(sock, stream=stream, connected=connected, bufsize=bufsize)
+                 bufsize: int = MAX_MESSAGE, batch_size: int = 64, busy: bool = False,
+                 max_message: int = MAX_MESSAGE) -> None:
+        super().__init__(sock, stream=stream, connected=connected, bufsize=bufsize,
+                         max_message=max_message)
         self.batch_size = batch_size
         self.timeout: float | None = 0 if busy else TICK
 
@@ -268,18 +273,27 @@ class CallbackReceiver(Receiver):
             return self._drop
 
     def recv(self, handler: Handler) -> int:
+        # recv_batch runs the callback on every provider (XLIO inside its receive path,
+        # pyxlio itself where XLIO does not); the datagrams answered RECV come back in it.
         before = self.in_callback
-        n, addr = copy_in(self.sock, self.buf, self.connected)
-        if self.errors:
-            raise self.errors.pop(0)
-        done = self.in_callback - before
-        if n >= 0:
-            view = self.view[:n]
+        batch = self.sock.recv_batch(64, addresses=not self.connected)  # type: ignore[attr-defined]
+        try:
+            if self.errors:
+                raise self.errors.pop(0)
+            done = self.in_callback - before
             defer = self.defer
-            if defer is not None and defer(view):
-                handler(view, addr)
-                done += 1
-        return done
+            if defer is not None and len(batch):
+                addrs = [None] * len(batch) if self.connected else batch.addresses
+                for addr, view in zip(addrs, batch.views()):
+                    try:
+                        if defer(view):
+                            handler(view, addr)
+                            done += 1
+                    finally:
+                        view.release()
+            return done
+        finally:
+            batch.release()
 
     def close(self) -> None:
         try:
@@ -291,19 +305,21 @@ class CallbackReceiver(Receiver):
 def make_receiver(method: str, sock: _socket_mod.socket, *, stream: bool, connected: bool,
                   handler: Handler | None = None, batch_size: int = 64, busy: bool = False,
                   defer: Callable[[memoryview], bool] | None = None,
-                  bufsize: int = MAX_MESSAGE) -> Receiver:
+                  bufsize: int = MAX_MESSAGE, max_message: int = MAX_MESSAGE) -> Receiver:
     """The receiver for ``method`` on ``sock``.
 
     ``handler`` is needed up front by the callback method only (it runs inside XLIO's receive
     path); ``defer`` tells it which datagrams to hand to the normal path instead.
     """
     if method in ("stdlib", "copy"):
-        return CopyReceiver(sock, stream=stream, connected=connected, bufsize=bufsize, name=method)
+        return CopyReceiver(sock, stream=stream, connected=connected, bufsize=bufsize, name=method,
+                            max_message=max_message)
     if method == "zcopy":
-        return ZcopyReceiver(sock, stream=stream, connected=connected, bufsize=bufsize)
+        return ZcopyReceiver(sock, stream=stream, connected=connected, bufsize=bufsize,
+                             max_message=max_message)
     if method == "batch":
         return BatchReceiver(sock, stream=stream, connected=connected, bufsize=bufsize,
-                             batch_size=batch_size, busy=busy)
+                             batch_size=batch_size, busy=busy, max_message=max_message)
     if method == "callback":
         if stream:
             raise MethodError("the callback receive method is for UDP only")

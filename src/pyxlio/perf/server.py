@@ -1,12 +1,16 @@
 """The server mode: answer sockperf clients, count what arrives.
 
 As sockperf's server: a message with CLIENT set is counted unless it is a warm-up one; when it
-also has PONG set, the same message goes back to its sender with CLIENT cleared. Messages
-without CLIENT are ignored. Over TCP the stream is cut into messages by the header's length
-field. Sequence numbers give, per peer, the dropped / duplicated / out-of-order counts.
+also has PONG set, the same message goes back with CLIENT cleared (not with --dont-reply): to
+its sender, or, for a message that came to a multicast group, to the group on the sender's port
+(sockperf's rule; --force-unicast-reply sends it to the sender). Messages without CLIENT are
+ignored. Over TCP the stream is cut into messages by the header's length field; a length above
+the server's largest message (max(65507, -m), as sockperf's) closes that connection, as
+sockperf's server does. Sequence numbers give, per peer, the dropped / duplicated /
+out-of-order counts (pyxlio-perf's report lines).
 
-The server stops after ``-t`` seconds, after ``-n`` counted messages, or on SIGINT/SIGTERM, and
-then reports.
+The server runs until SIGINT/SIGTERM, as sockperf's; pyxlio-perf's -t / -n stop it after so
+many seconds or counted messages.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable, TextIO
 
 from . import methods, net
 from .cli import Config
+from .log import Log
 from .stats import SequenceTracker
-from .wire import CLIENT, HEADER, HEADER_SIZE, MAX_MESSAGE, PONG, WARMUP
+from .wire import CLIENT, HEADER, HEADER_SIZE, PONG, WARMUP, WireError
 
 if TYPE_CHECKING:
     import socket as _socket_mod
@@ -67,6 +72,7 @@ class ServerResult:
     provider: str | None = None
     offloaded: bool | None = None
     stopped_by: str = ""
+    closed_conns: int = 0
 
 
 class _Counters:
@@ -86,11 +92,13 @@ class _Counters:
 
 
 def _make_handler(c: _Counters, reply: Callable[[memoryview, Any], object],
-                  peer_key: Any = None) -> Callable[[memoryview, Any], None]:
-    """The per-message function: count, track sequence numbers, answer pong requests."""
+                  peer_key: Any = None, *, max_message: int = 65507, dont_reply: bool = False,
+                  group: str | None = None) -> Callable[[memoryview, Any], None]:
+    """The per-message function: count, track sequence numbers, answer pong requests
+    (to ``(group, sender's port)`` when ``group`` is given)."""
     unpack = HEADER.unpack_from
     pack = HEADER.pack_into
-    rbuf = bytearray(MAX_MESSAGE)
+    rbuf = bytearray(max_message)
     rview = memoryview(rbuf)
 
     def on_msg(view: memoryview, addr: Any) -> None:
@@ -119,10 +127,10 @@ def _make_handler(c: _Counters, reply: Callable[[memoryview, Any], object],
             c.last_addr = key
             c.last_tracker = tracker
         tracker.add(seq)
-        if flags & PONG:
+        if flags & PONG and not dont_reply:
             rbuf[:length] = view[:length]
             pack(rbuf, 0, seq, flags & ~CLIENT, length)
-            reply(rview[:length], addr)
+            reply(rview[:length], addr if group is None else (group, addr[1]))
             c.replies += 1
 
     return on_msg
@@ -145,25 +153,55 @@ def _bind_udp(cfg: Config) -> _socket_mod.socket:
     sock = cls(net.family_of(cfg), socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((cfg.ip, cfg.port))
-        if cfg.mc:
-            net.join_multicast(sock, cfg.ip, cfg.mc_rx_if)
+        net.apply_common_options(sock, cfg, stream=False)
         if cfg.rcvbuf:
             net.set_rcvbuf(sock, cfg.rcvbuf)
+        sock.bind((cfg.ip, cfg.port))
+        if cfg.mc:
+            net.join_multicast(sock, cfg.ip, cfg.mc_rx_if, cfg.mc_source)
+            net.setup_multicast_sender(sock, cfg.mc_tx_if, cfg.mc_ttl, cfg.mc_loopback)
     except BaseException:
         sock.close()
         raise
     return sock
 
 
+def _version() -> str:
+    from .client import _version as v
+
+    return v()
+
+
+def _announce(cfg: Config, log: Log, host: str, port: int,
+              warmup: Callable[[], None] | None) -> None:
+    """sockperf's server banner, then its warm-up (multicast only) and its 'using' line."""
+    import threading
+
+    from .log import END, MAGENTA, PREFIX
+
+    log.msg(f"{MAGENTA}== version #{_version()} == {END}")
+    log.raw(PREFIX + "[SERVER] listen on:")
+    log.raw("\n" + net.banner_line(0, host, port, cfg.tcp) + "\n")
+    if cfg.pre_warmup_wait:
+        time.sleep(cfg.pre_warmup_wait)
+    if cfg.do_warmup:
+        log.msg("Warmup stage (sending a few dummy messages)...")
+        if warmup is not None:
+            warmup()
+    log.msg(f"[tid {threading.get_native_id()}] using recvfrom() to block on socket(s)")
+
+
 def run_server(cfg: Config, stop: StopFlag | None = None,
                ready: Callable[[str, int], None] | None = None,
-               progress: TextIO | None = sys.stderr) -> ServerResult:
-    """Serve until ``-t``/``-n``/``stop``; ``ready(host, port)`` is called once listening."""
+               progress: TextIO | None = sys.stderr, log: Log | None = None) -> ServerResult:
+    """Serve until ``stop`` (or pyxlio-perf's ``-t``/``-n``); ``ready(host, port)`` is called
+    once listening. ``log`` receives sockperf's banner lines."""
     stop = stop or StopFlag()
+    log = log or Log(None)
+    net.set_affinity(cfg.cpu_affinity)
     if cfg.tcp:
-        return _run_tcp(cfg, stop, ready, progress)
-    return _run_udp(cfg, stop, ready, progress)
+        return _run_tcp(cfg, stop, ready, progress, log)
+    return _run_udp(cfg, stop, ready, progress, log)
 
 
 def _limits(cfg: Config, t0: int) -> tuple[int, int]:
@@ -212,8 +250,34 @@ class _Progress:
             self.last = c.received
 
 
+SLICE_NS = 50_000_000  # the compiled loop comes back to Python this often (stop flag, progress)
+
+
+def fast_loop_applies(cfg: Config) -> bool:
+    """Whether the compiled loop (``_loops``) serves: receive method stdlib or copy (plain
+    ``recv``/``recvfrom``), not --python-loop, and the extension built."""
+    if cfg.python_loop or cfg.recv_method not in ("stdlib", "copy"):
+        return False
+    if cfg.mc and cfg.family_v6:
+        return False
+    try:
+        from . import _loops  # noqa: F401
+    except ImportError:  # not built: the Python loop serves
+        return False
+    return True
+
+
+def _sync_counts(c: _Counters, counts: Any) -> None:
+    c.received = counts.received
+    c.bytes = counts.bytes
+    c.warmup = counts.warmup
+    c.replies = counts.replies
+    c.ignored = counts.ignored
+    c.malformed = counts.malformed
+
+
 def _run_udp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | None,
-             progress: TextIO | None) -> ServerResult:
+             progress: TextIO | None, log: Log) -> ServerResult:
     sock = _bind_udp(cfg)
     host, port = sock.getsockname()[:2]
     res = ServerResult(protocol="udp", recv_method=cfg.recv_method, busy_poll=cfg.busy_poll,
@@ -228,7 +292,9 @@ def _run_udp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
         except (BlockingIOError, InterruptedError):
             pass  # the reply is lost, as a full socket buffer would lose it in sockperf
 
-    on_msg = _make_handler(c, reply)
+    group = cfg.ip if cfg.mc and not cfg.force_unicast_reply else None
+    on_msg = _make_handler(c, reply, max_message=cfg.max_message, dont_reply=cfg.dont_reply,
+                           group=group)
     if cfg.busy_poll:
         sock.setblocking(False)
     else:
@@ -242,35 +308,76 @@ def _run_udp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
 
     receiver = methods.make_receiver(cfg.recv_method, sock, stream=False, connected=False,
                                      handler=on_msg, batch_size=cfg.batch_size,
-                                     busy=cfg.busy_poll, defer=needs_reply)
+                                     busy=cfg.busy_poll, defer=needs_reply,
+                                     bufsize=cfg.max_message, max_message=cfg.max_message)
+
+    def warmup() -> None:
+        # sockperf's server sends two WARMUP messages (no CLIENT flag) to each multicast group.
+        if cfg.mc:
+            wmsg = bytearray(HEADER_SIZE)
+            HEADER.pack_into(wmsg, 0, 0, WARMUP, HEADER_SIZE)
+            for _ in range(2):
+                try:
+                    sock.sendto(wmsg, (cfg.ip, port))
+                except OSError:
+                    pass
+
     recv = receiver.recv
     clock = time.perf_counter_ns
     t0 = clock()
     end, count = _limits(cfg, t0)
     prog = _Progress(cfg, progress, t0)
     first = last = 0
+    fast: Any = None
+    if fast_loop_applies(cfg):
+        import socket
+
+        from . import _loops
+
+        fast = _loops.UdpServer(sock.fileno(), max(cfg.max_message, 2048), c.trackers,
+                                SequenceTracker, dont_reply=cfg.dont_reply,
+                                group=None if group is None else socket.inet_aton(group),
+                                busy=cfg.busy_poll)
     if ready is not None:
         ready(host, port)
+    _announce(cfg, log, host, port, warmup)
     try:
-        while not stop.is_set:
-            got = recv(on_msg)
-            now = clock()
-            if got > 0:
-                if not first:
-                    first = now
-                last = now
-                if count and c.received >= count:
+        if fast is not None:
+            while not stop.is_set:
+                code = fast.run(clock() + SLICE_NS, end, count)
+                if code == _loops.NUMBER:
                     res.stopped_by = "count"
                     break
-            if end and now >= end:
-                res.stopped_by = "time"
-                break
-            prog.tick(now, c)
+                if code == _loops.TIMER:
+                    res.stopped_by = "time"
+                    break
+                _sync_counts(c, fast.counts)
+                prog.tick(clock(), c)
+            else:
+                res.stopped_by = "signal"
         else:
-            res.stopped_by = "signal"
+            while not stop.is_set:
+                got = recv(on_msg)
+                now = clock()
+                if got > 0:
+                    if not first:
+                        first = now
+                    last = now
+                    if count and c.received >= count:
+                        res.stopped_by = "count"
+                        break
+                if end and now >= end:
+                    res.stopped_by = "time"
+                    break
+                prog.tick(now, c)
+            else:
+                res.stopped_by = "signal"
     except KeyboardInterrupt:
         res.stopped_by = "signal"
     finally:
+        if fast is not None:
+            _sync_counts(c, fast.counts)
+            first, last = fast.first, fast.last
         receiver.close()
         sock.close()
     return _finish(res, c, t0, first, last)
@@ -290,7 +397,7 @@ def _send_all(conn: Any, view: memoryview) -> None:
 
 
 def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | None,
-             progress: TextIO | None) -> ServerResult:
+             progress: TextIO | None, log: Log) -> ServerResult:
     import selectors
     import socket
 
@@ -298,6 +405,7 @@ def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
     lsock = cls(net.family_of(cfg), socket.SOCK_STREAM)
     try:
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        net.apply_common_options(lsock, cfg, stream=True)
         lsock.bind((cfg.ip, cfg.port))
         lsock.listen(64)
         lsock.setblocking(False)
@@ -311,7 +419,12 @@ def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
     c = _Counters()
     sel = selectors.DefaultSelector()
     sel.register(lsock, selectors.EVENT_READ, None)
-    conns: dict[int, tuple[Any, methods.Receiver, Callable[[memoryview, Any], None]]] = {}
+    conns: dict[int, tuple[Any, Any, Callable[[memoryview, Any], None] | None]] = {}
+    fast_counts: Any = None
+    if fast_loop_applies(cfg):
+        from . import _loops
+
+        fast_counts = _loops.ServerCounts()
     clock = time.perf_counter_ns
     t0 = clock()
     end, count = _limits(cfg, t0)
@@ -326,25 +439,36 @@ def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
             return
         if not isinstance(conn, cls):  # keep pyxlio's class on accepted sockets
             conn = cls(fileno=conn.detach())
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        net.apply_common_options(conn, cfg, stream=True)
         # Non-blocking: each readiness is drained until the socket would block, because a
         # receive may leave data in user space (pyxlio keeps the other TCP chunks a zero-copy
         # receive brought) where select/epoll cannot see it.
         conn.setblocking(False)
-        receiver = methods.make_receiver(cfg.recv_method, conn, stream=True, connected=True,
-                                         batch_size=cfg.batch_size, busy=True)
-        handler = _make_handler(c, lambda view, _addr: _send_all(conn, view), peer_key=peer)
+        receiver: Any
+        handler: Any = None
+        if fast_counts is not None:
+            # The compiled connection: receive until it would block, frame, count, answer.
+            receiver = _loops.StreamConn(conn.fileno(), cfg.max_message, fast_counts, c.trackers,
+                                         SequenceTracker, peer)
+        else:
+            receiver = methods.make_receiver(cfg.recv_method, conn, stream=True,
+                                             connected=True, batch_size=cfg.batch_size,
+                                             busy=True, max_message=cfg.max_message)
+            handler = _make_handler(c, lambda view, _addr: _send_all(conn, view),
+                                    peer_key=peer, max_message=cfg.max_message)
         conns[conn.fileno()] = (conn, receiver, handler)
         sel.register(conn, selectors.EVENT_READ, conn.fileno())
 
     def close_conn(fd: int) -> None:
-        conn, receiver, _h = conns.pop(fd)
+        conn, receiver, handler = conns.pop(fd)
         sel.unregister(conn)
-        receiver.close()
+        if handler is not None:
+            receiver.close()
         conn.close()
 
     if ready is not None:
         ready(host, port)
+    _announce(cfg, log, host, port, None)
     try:
         while not stop.is_set:
             for key, _ev in sel.select(timeout):
@@ -354,15 +478,22 @@ def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
                 _conn, receiver, handler = conns[key.data]
                 try:
                     got = 0
-                    while True:
-                        step = receiver.recv(handler)
-                        if step <= 0:
-                            got = step if step < 0 else got
-                            break
-                        got += step
+                    if handler is None:  # compiled: drains until the socket would block
+                        got = receiver.drain()
+                    else:
+                        while True:
+                            step = receiver.recv(handler)
+                            if step <= 0:
+                                got = step if step < 0 else got
+                                break
+                            got += step
                 except (ConnectionError, ValueError) as exc:
+                    # sockperf closes the connection too ("Message received was larger than
+                    # expected, message ignored." for a length above its largest message).
                     if progress is not None and not cfg.quiet:
                         progress.write(f"pyxlio-perf: closing a connection: {exc}\n")
+                    if isinstance(exc, WireError):
+                        res.closed_conns += 1
                     got = -1
                 if got < 0:
                     close_conn(key.data)
@@ -372,6 +503,8 @@ def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
                         first = now
                     last = now
             now = clock()
+            if fast_counts is not None:
+                _sync_counts(c, fast_counts)
             if count and c.received >= count:
                 res.stopped_by = "count"
                 break
@@ -388,4 +521,6 @@ def _run_tcp(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | No
             close_conn(fd)
         sel.close()
         lsock.close()
+        if fast_counts is not None:
+            _sync_counts(c, fast_counts)
     return _finish(res, c, t0, first, last)

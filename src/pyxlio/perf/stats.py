@@ -2,10 +2,20 @@
 
 Percentile method (sockperf's, a nearest-rank rule with rounding): over the ``n`` samples sorted
 ascending, percentile ``p`` (a fraction, 0.999 for 99.9) is the sample at zero-based index
-``floor(p * n + 0.5) - 1``, clamped to ``[0, n - 1]``. Example: for the ten samples 1..10, p50 is
-index ``floor(5.5) - 1 = 4`` -> 5, p90 is index 8 -> 9, p99 is index ``floor(10.4) - 1 = 9`` -> 10.
+``floor(p * n + 0.5) - 1``. Example: for the ten samples 1..10, p50 is index
+``floor(5.5) - 1 = 4`` -> 5, p90 is index 8 -> 9, p99 is index ``floor(10.4) - 1 = 9`` -> 10.
+When that index is negative (few samples, low percentile) sockperf prints no line for that
+percentile; so does this tool (the percentile is left out of the summary).
 
-The standard deviation is the population one (divide by ``n``), as sockperf's.
+sockperf's avg line (:func:`sockperf_summary`): over the half round-trip times (whole
+nanoseconds, ``rtt // 2``) the standard deviation is the sample one (divide by ``n - 1``),
+``mean-ad`` the mean absolute deviation from the mean, ``median-ad`` the median absolute
+deviation from the median times 1.48260221851, ``siqr`` half the distance between the
+sockperf-rule 75th and 25th percentiles, ``cv`` std-dev / mean, ``std-error`` std-dev / sqrt(n)
+and the confidence interval mean -/+ z * std-error, z the normal quantile of
+``1 - (1 - level/100) / 2`` (level 99 by default, ``--ci_sig_level``), computed with the same
+rational approximation (Abramowitz and Stegun 26.2.23, arXiv:1002.0567's constants) so the
+digits agree.
 """
 
 from __future__ import annotations
@@ -20,10 +30,13 @@ __all__ = [
     "PERCENTILES",
     "LatencyStats",
     "SequenceTracker",
+    "SockperfSummary",
     "grow",
+    "normal_quantile",
     "percentile_index",
     "percentile_label",
     "rate",
+    "sockperf_summary",
     "summarize_half_rtt",
     "summarize_values",
     "zeros",
@@ -34,13 +47,16 @@ PERCENTILES: tuple[float, ...] = (0.99999, 0.9999, 0.999, 0.99, 0.90, 0.75, 0.50
 
 
 def percentile_index(n: int, p: float) -> int:
-    """Zero-based index of percentile ``p`` (a fraction in [0, 1]) among ``n`` sorted samples."""
+    """Zero-based index of percentile ``p`` (a fraction in [0, 1]) among ``n`` sorted samples.
+
+    -1 means "no such sample" (sockperf prints no line for it).
+    """
     if n <= 0:
         raise ValueError("no samples")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"percentile must be a fraction in [0, 1]: {p}")
     idx = math.floor(p * n + 0.5) - 1
-    return min(max(idx, 0), n - 1)
+    return min(idx, n - 1)
 
 
 def percentile_label(p: float) -> str:
@@ -74,7 +90,8 @@ def summarize_values(values: Iterable[float], scale: float = 1.0) -> LatencyStat
     total = math.fsum(data)
     mean = total / n
     var = math.fsum((x - mean) * (x - mean) for x in data) / n
-    pct = {percentile_label(p): data[percentile_index(n, p)] * scale for p in PERCENTILES}
+    pct = {percentile_label(p): data[i] * scale for p in PERCENTILES
+           if (i := percentile_index(n, p)) >= 0}
     return LatencyStats(
         count=n,
         avg=mean * scale,
@@ -183,3 +200,92 @@ def rate(count: int, seconds: float) -> float:
     """Items per second (0 when no time elapsed)."""
     return count / seconds if seconds > 0 else 0.0
 
+
+
+def _rational_approximation(t: float) -> float:
+    # Abramowitz and Stegun 26.2.23 with the refitted constants of arXiv:1002.0567, section 3
+    # (the ones sockperf uses, so the printed interval agrees to the last digit).
+    c0, c1, c2 = 2.653962002601684482, 1.561533700212080345, 0.061146735765196993
+    d1, d2, d3 = 1.904875182836498708, 0.454055536444233510, 0.009547745327068945
+    return t - ((c2 * t + c1) * t + c0) / (((d3 * t + d2) * t + d1) * t + 1.0)
+
+
+def normal_quantile(p: float) -> float:
+    """The standard normal quantile of ``p`` (0 < p < 1), by the rational approximation."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1): {p}")
+    if p < 0.5:
+        return -_rational_approximation(math.sqrt(-2.0 * math.log(p)))
+    return _rational_approximation(math.sqrt(-2.0 * math.log(1.0 - p)))
+
+
+@dataclass
+class SockperfSummary:
+    """sockperf's client statistics over one set of samples (microseconds)."""
+
+    count: int
+    avg: float
+    std_dev: float
+    mean_ad: float
+    median_ad: float
+    siqr: float
+    cv: float
+    std_error: float
+    ci_level: float
+    ci_low: float
+    ci_high: float
+    min: float
+    max: float
+    percentiles: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for JSON output."""
+        return asdict(self)
+
+
+def _median_sorted(v: list[int]) -> int:
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) // 2
+
+
+def sockperf_summary(rtt_ns: Iterable[int], *, full_rtt: bool = False,
+                     ci_level: float = 99.0) -> SockperfSummary | None:
+    """sockperf's statistics of round-trip times in nanoseconds; ``None`` without samples.
+
+    The samples are half round trips (``rtt // 2``), or whole ones with ``full_rtt``; the mean
+    is the mean round trip divided by two (whole nanoseconds), as sockperf computes it.
+    """
+    rtts = list(rtt_ns)
+    n = len(rtts)
+    if n == 0:
+        return None
+    den = 1 if full_rtt else 2
+    lat = sorted(r // den for r in rtts)
+    avg_ns = (sum(rtts) // n) // den
+    if n > 1:
+        s1 = math.fsum(lat)
+        s2 = math.fsum(float(x) * x for x in lat)
+        mean = s1 / n
+        var = (s2 - n * mean * mean) / (n - 1)
+        std = float(int(math.sqrt(max(var, 0.0)) + 0.5))
+        mad = float(int(math.fsum(abs(x - mean) for x in lat) / n))
+        med = _median_sorted(lat)
+        medad = float(int(_median_sorted(sorted(abs(x - med) for x in lat)) * 1.48260221851))
+        p75 = lat[int(0.5 + 0.75 * n) - 1]
+        p25 = lat[int(0.5 + 0.25 * n) - 1]
+        siqr = float((p75 - p25) // 2)
+    else:
+        std = mad = medad = siqr = 0.0
+    avg = avg_ns / 1000.0
+    std_us = std / 1000.0
+    cv = std_us / avg if avg else math.inf if std_us else math.nan
+    se = std_us / math.sqrt(n)
+    z = normal_quantile(1 - (1 - ci_level / 100) / 2)
+    pct = {percentile_label(p): lat[i] / 1000.0 for p in PERCENTILES
+           if (i := percentile_index(n, p)) >= 0}
+    return SockperfSummary(
+        count=n, avg=avg, std_dev=std_us, mean_ad=mad / 1000.0, median_ad=medad / 1000.0,
+        siqr=siqr / 1000.0, cv=cv, std_error=se, ci_level=float(ci_level),
+        ci_low=avg - z * se, ci_high=avg + z * se, min=lat[0] / 1000.0, max=lat[-1] / 1000.0,
+        percentiles=pct,
+    )

@@ -23,6 +23,8 @@ __all__ = [
     "HEADER",
     "HEADER_SIZE",
     "MAX_MESSAGE",
+    "MAX_TCP_MESSAGE",
+    "MAX_UDP_MESSAGE",
     "PONG",
     "WARMUP",
     "Header",
@@ -40,7 +42,9 @@ WARMUP = 4
 
 HEADER = struct.Struct("!QHI")
 HEADER_SIZE = HEADER.size  # 14
-MAX_MESSAGE = 65507  # largest UDP/IPv4 payload; also the TCP framing limit here
+MAX_UDP_MESSAGE = 65507  # largest UDP/IPv4 payload: sockperf's limit of -m over UDP
+MAX_TCP_MESSAGE = (1 << 20) - 1  # sockperf's limit of -m over TCP (and of a server's -m)
+MAX_MESSAGE = MAX_UDP_MESSAGE  # sockperf's server takes messages up to max(65507, its -m)
 
 _OnMessage = Callable[[memoryview], object]
 
@@ -114,7 +118,8 @@ class StreamFramer:
 
     Feed it whatever the socket returned; it calls back once per complete message with a
     memoryview that is valid only during the call. A length field outside
-    ``[HEADER_SIZE, max_size]`` raises :class:`WireError` (the stream cannot be resynchronised).
+    ``[HEADER_SIZE, max_size]`` raises :class:`WireError` (the stream cannot be resynchronised;
+    sockperf's server closes such a connection: "Message received was larger than expected").
     """
 
     __slots__ = ("_buf", "_have", "max_size")
@@ -172,7 +177,10 @@ class StreamFramer:
         return done
 
     def _check(self, length: int) -> None:
-        if length < HEADER_SIZE or length > self.max_size:
+        if length < HEADER_SIZE:
+            raise WireError(f"bad length field {length} in a TCP stream (smaller than the header)")
+        if length > self.max_size:
             raise WireError(
-                f"bad length field {length} in TCP stream (expected {HEADER_SIZE}..{self.max_size})"
+                f"Message received was larger than expected, message ignored. (length field "
+                f"{length} in a TCP stream, expected {HEADER_SIZE}..{self.max_size})"
             )
