@@ -517,6 +517,13 @@ cdef const xlio_ops_t *get_ops() noexcept nogil:
     return &OPS
 
 
+cdef const void *xlio_api_pointer() noexcept nogil:
+    """The loaded libxlio's (or emulator's) xlio_api_t; NULL without one, or for libvma."""
+    if API_PTR == NULL or OPS.layout == PYXLIO_LAYOUT_VMA:
+        return NULL
+    return API_PTR
+
+
 cdef unsigned long fork_generation() noexcept nogil:
     """Moved by a pthread_atfork child handler: every glibc fork(), from Python or from C."""
     return pyxlio_fork_generation()

@@ -577,6 +577,209 @@ static inline size_t pyxlio_build_user_alloc_cmsg(unsigned char *buf, uint8_t fl
     return PYXLIO_USER_ALLOC_CMSG_LEN;
 }
 
+/* ---- the Ultra API (cap bit 13): types ---------------------------------------------- *
+ * libxlio's xlio_types.h of 3.51.1 (the 16-member "socket API") and 3.70.2 (the 23-member
+ * "Ultra API").  TCP only.  Handles are uintptr_t.  These attribute structs are NOT packed in
+ * the release's header: natural alignment, as declared here. */
+typedef uintptr_t pyxlio_poll_group_t;       /* xlio_poll_group_t */
+typedef uintptr_t pyxlio_xsock_t;            /* xlio_socket_t */
+
+/* struct xlio_buf: the descriptor of a received buffer; userdata is the application's while
+ * it owns the buffer (until xlio_socket_buf_free / xlio_poll_group_buf_free). */
+typedef struct pyxlio_xbuf { uint64_t userdata; } pyxlio_xbuf_t;
+
+enum {
+    PYXLIO_SOCKET_EVENT_ESTABLISHED = 1,
+    PYXLIO_SOCKET_EVENT_TERMINATED = 2,      /* no further events; the socket may be freed */
+    PYXLIO_SOCKET_EVENT_CLOSED = 3,          /* passive close */
+    PYXLIO_SOCKET_EVENT_ERROR = 4,           /* value: ECONNABORTED ECONNRESET ECONNREFUSED ETIMEDOUT */
+};
+#define PYXLIO_GROUP_FLAG_SAFE 0x1           /* sockets and rings locked whatever the config */
+#define PYXLIO_GROUP_FLAG_DIRTY 0x2          /* dirty sockets kept for xlio_poll_group_flush */
+#define PYXLIO_SOCKET_SEND_FLAG_FLUSH 0x1
+#define PYXLIO_SOCKET_SEND_FLAG_INLINE 0x2   /* copied at once: no mkey, no completion */
+
+typedef void (*pyxlio_memory_cb_t)(void *addr, size_t len, size_t hugepage_size);
+typedef void (*pyxlio_socket_event_cb_t)(pyxlio_xsock_t sock, uintptr_t userdata_sq, int event,
+                                         int value);
+typedef void (*pyxlio_socket_comp_cb_t)(pyxlio_xsock_t sock, uintptr_t userdata_sq,
+                                        uintptr_t userdata_op);
+typedef void (*pyxlio_socket_rx_cb_t)(pyxlio_xsock_t sock, uintptr_t userdata_sq, void *data,
+                                      size_t len, pyxlio_xbuf_t *buf);
+typedef void (*pyxlio_socket_accept_cb_t)(pyxlio_xsock_t sock, pyxlio_xsock_t parent,
+                                          uintptr_t parent_userdata_sq);     /* 3.60+ */
+
+typedef struct pyxlio_init_attr {            /* struct xlio_init_attr: 32 bytes */
+    unsigned flags;                                      /* @0 */
+    pyxlio_memory_cb_t memory_cb;                        /* @8 */
+    void *(*memory_alloc)(size_t);                       /* @16 optional user allocator */
+    void (*memory_free)(void *);                         /* @24 */
+} pyxlio_init_attr_t;
+
+typedef struct pyxlio_poll_group_attr {      /* struct xlio_poll_group_attr */
+    unsigned flags;                                      /* @0 PYXLIO_GROUP_FLAG_* */
+    pyxlio_socket_event_cb_t socket_event_cb;            /* @8 required (else EINVAL) */
+    pyxlio_socket_comp_cb_t socket_comp_cb;              /* @16 */
+    pyxlio_socket_rx_cb_t socket_rx_cb;                  /* @24 (3.30-3.51 end: 32 bytes) */
+    pyxlio_socket_accept_cb_t socket_accept_cb;          /* @32 3.60+ (40 bytes) */
+} pyxlio_poll_group_attr_t;
+#define PYXLIO_POLL_GROUP_ATTR_SIZE_SOCKET_API 32
+#define PYXLIO_POLL_GROUP_ATTR_SIZE_ULTRA 40
+
+typedef struct pyxlio_socket_attr {          /* struct xlio_socket_attr: 24 bytes */
+    unsigned flags;                                      /* @0 */
+    int domain;                                          /* @4 AF_INET or AF_INET6 */
+    pyxlio_poll_group_t group;                           /* @8 */
+    uintptr_t userdata_sq;                               /* @16 */
+} pyxlio_socket_attr_t;
+
+typedef struct pyxlio_socket_send_attr {     /* struct xlio_socket_send_attr: 16 bytes */
+    unsigned flags;                                      /* @0 PYXLIO_SOCKET_SEND_FLAG_* */
+    uint32_t mkey;                                       /* @4 lkey of the registered region */
+    uintptr_t userdata_op;                               /* @8 handed back by comp_cb */
+} pyxlio_socket_send_attr_t;
+
+typedef int (*pyxlio_u_init_ex_fn)(const pyxlio_init_attr_t *attr);
+typedef int (*pyxlio_u_exit_fn)(void);
+typedef int (*pyxlio_u_group_create_fn)(const pyxlio_poll_group_attr_t *attr,
+                                        pyxlio_poll_group_t *group_out);
+typedef int (*pyxlio_u_group_destroy_fn)(pyxlio_poll_group_t group);
+typedef void (*pyxlio_u_group_poll_fn)(pyxlio_poll_group_t group);
+typedef int (*pyxlio_u_socket_create_fn)(const pyxlio_socket_attr_t *attr,
+                                         pyxlio_xsock_t *sock_out);
+typedef int (*pyxlio_u_socket_destroy_fn)(pyxlio_xsock_t sock);
+typedef int (*pyxlio_u_socket_update_fn)(pyxlio_xsock_t sock, unsigned flags,
+                                         uintptr_t userdata_sq);
+typedef int (*pyxlio_u_setsockopt_fn)(pyxlio_xsock_t sock, int level, int optname,
+                                      const void *optval, socklen_t optlen);
+typedef int (*pyxlio_u_sockname_fn)(pyxlio_xsock_t sock, struct sockaddr *addr,
+                                    socklen_t *addrlen);
+typedef int (*pyxlio_u_bind_fn)(pyxlio_xsock_t sock, const struct sockaddr *addr,
+                                socklen_t addrlen);
+typedef int (*pyxlio_u_listen_fn)(pyxlio_xsock_t sock);
+typedef void *(*pyxlio_u_get_pd_fn)(pyxlio_xsock_t sock);           /* struct ibv_pd * */
+typedef int (*pyxlio_u_detach_group_fn)(pyxlio_xsock_t sock);
+typedef int (*pyxlio_u_attach_group_fn)(pyxlio_xsock_t sock, pyxlio_poll_group_t group);
+typedef int (*pyxlio_u_send_fn)(pyxlio_xsock_t sock, const void *data, size_t len,
+                                const pyxlio_socket_send_attr_t *attr);
+typedef int (*pyxlio_u_sendv_fn)(pyxlio_xsock_t sock, const struct iovec *iov, unsigned iovcnt,
+                                 const pyxlio_socket_send_attr_t *attr);
+typedef void (*pyxlio_u_group_flush_fn)(pyxlio_poll_group_t group);
+typedef void (*pyxlio_u_socket_flush_fn)(pyxlio_xsock_t sock);
+typedef void (*pyxlio_u_socket_buf_free_fn)(pyxlio_xsock_t sock, pyxlio_xbuf_t *buf);
+typedef void (*pyxlio_u_group_buf_free_fn)(pyxlio_poll_group_t group, pyxlio_xbuf_t *buf);
+
+/* Which Ultra API a provider has. */
+typedef enum {
+    PYXLIO_ULTRA_NONE = 0,
+    PYXLIO_ULTRA_SOCKET_API = 16,            /* 3.30.3-3.51.x and 3.94x: 16 members, no listen */
+    PYXLIO_ULTRA_API = 23,                   /* 3.60+: 23 members */
+} pyxlio_ultra_kind_t;
+
+/* The Ultra members, resolved: NULL where the loaded layout has none (exit, update,
+ * getsockname, getpeername, listen, detach_group, attach_group in the 16-member API). */
+typedef struct pyxlio_ultra_ops {
+    int kind;                                            /* pyxlio_ultra_kind_t */
+    size_t group_attr_size;                              /* 32 or 40 */
+    pyxlio_u_init_ex_fn init_ex;
+    pyxlio_u_exit_fn exit;
+    pyxlio_u_group_create_fn group_create;
+    pyxlio_u_group_destroy_fn group_destroy;
+    pyxlio_u_group_poll_fn group_poll;
+    pyxlio_u_socket_create_fn socket_create;
+    pyxlio_u_socket_destroy_fn socket_destroy;
+    pyxlio_u_socket_update_fn socket_update;
+    pyxlio_u_setsockopt_fn setsockopt;
+    pyxlio_u_sockname_fn getsockname;
+    pyxlio_u_sockname_fn getpeername;
+    pyxlio_u_bind_fn bind;
+    pyxlio_u_bind_fn connect;
+    pyxlio_u_listen_fn listen;
+    pyxlio_u_get_pd_fn get_pd;
+    pyxlio_u_detach_group_fn detach_group;
+    pyxlio_u_attach_group_fn attach_group;
+    pyxlio_u_send_fn send;
+    pyxlio_u_sendv_fn sendv;
+    pyxlio_u_group_flush_fn group_flush;
+    pyxlio_u_socket_flush_fn socket_flush;
+    pyxlio_u_socket_buf_free_fn socket_buf_free;
+    pyxlio_u_group_buf_free_fn group_buf_free;
+} pyxlio_ultra_ops_t;
+
+/* Fill `u` from the xlio_api_t at `api` (an XLIO layout: never a vma_api_t).  Returns the kind
+ * (0, with `u` zeroed, when cap bit 13 is clear).  Each member is copied with memcpy from the
+ * offset its layout gives; none lies past pyxlio_layout_size(cap_mask). */
+static inline int pyxlio_resolve_ultra_ops(const void *api, pyxlio_ultra_ops_t *u) {
+    const unsigned char *base = (const unsigned char *)api;
+    uint64_t caps;
+    memset(u, 0, sizeof *u);
+    memcpy(&caps, base + 8, sizeof caps);
+    if (!(caps & PYXLIO_CAP(PYXLIO_CAP_XLIO_SOCKET))) return PYXLIO_ULTRA_NONE;
+#define PYXLIO_U_GET(dst, T, m) memcpy(&u->dst, base + offsetof(T, m), sizeof(void *))
+#define PYXLIO_U_SOCKET_API(T)                                                                  \
+    PYXLIO_U_GET(init_ex, T, xlio_init_ex); PYXLIO_U_GET(group_create, T, xlio_poll_group_create); \
+    PYXLIO_U_GET(group_destroy, T, xlio_poll_group_destroy);                                    \
+    PYXLIO_U_GET(group_poll, T, xlio_poll_group_poll);                                          \
+    PYXLIO_U_GET(socket_create, T, xlio_socket_create);                                         \
+    PYXLIO_U_GET(socket_destroy, T, xlio_socket_destroy);                                       \
+    PYXLIO_U_GET(setsockopt, T, xlio_socket_setsockopt); PYXLIO_U_GET(bind, T, xlio_socket_bind); \
+    PYXLIO_U_GET(connect, T, xlio_socket_connect); PYXLIO_U_GET(get_pd, T, xlio_socket_get_pd); \
+    PYXLIO_U_GET(send, T, xlio_socket_send); PYXLIO_U_GET(sendv, T, xlio_socket_sendv);         \
+    PYXLIO_U_GET(group_flush, T, xlio_poll_group_flush);                                        \
+    PYXLIO_U_GET(socket_flush, T, xlio_socket_flush);                                           \
+    PYXLIO_U_GET(socket_buf_free, T, xlio_socket_buf_free);                                     \
+    PYXLIO_U_GET(group_buf_free, T, xlio_poll_group_buf_free);
+#define PYXLIO_U_ULTRA_EXTRA(T)                                                                 \
+    PYXLIO_U_GET(exit, T, xlio_exit); PYXLIO_U_GET(socket_update, T, xlio_socket_update);       \
+    PYXLIO_U_GET(getsockname, T, xlio_socket_getsockname);                                      \
+    PYXLIO_U_GET(getpeername, T, xlio_socket_getpeername);                                      \
+    PYXLIO_U_GET(listen, T, xlio_socket_listen);                                                \
+    PYXLIO_U_GET(detach_group, T, xlio_socket_detach_group);                                    \
+    PYXLIO_U_GET(attach_group, T, xlio_socket_attach_group);
+    switch (pyxlio_layout_from_caps(caps)) {
+    case PYXLIO_LAYOUT_LEGACY:
+        PYXLIO_U_SOCKET_API(pyxlio_api_legacy_t)
+        u->kind = PYXLIO_ULTRA_SOCKET_API;
+        break;
+    case PYXLIO_LAYOUT_394:
+        PYXLIO_U_SOCKET_API(pyxlio_api_394_full_t)
+        u->kind = PYXLIO_ULTRA_SOCKET_API;
+        break;
+    case PYXLIO_LAYOUT_360:
+        PYXLIO_U_SOCKET_API(pyxlio_api_360_full_t)
+        PYXLIO_U_ULTRA_EXTRA(pyxlio_api_360_full_t)
+        u->kind = PYXLIO_ULTRA_API;
+        break;
+    case PYXLIO_LAYOUT_361:
+        PYXLIO_U_SOCKET_API(pyxlio_api_361_full_t)
+        PYXLIO_U_ULTRA_EXTRA(pyxlio_api_361_full_t)
+        u->kind = PYXLIO_ULTRA_API;
+        break;
+    default:
+        return PYXLIO_ULTRA_NONE;
+    }
+#undef PYXLIO_U_ULTRA_EXTRA
+#undef PYXLIO_U_SOCKET_API
+#undef PYXLIO_U_GET
+    u->group_attr_size = u->kind == PYXLIO_ULTRA_API ? PYXLIO_POLL_GROUP_ATTR_SIZE_ULTRA
+                                                     : PYXLIO_POLL_GROUP_ATTR_SIZE_SOCKET_API;
+    return u->kind;
+}
+
+/* ---- memory registration (libibverbs, resolved at run time) ---------------------------- *
+ * struct ibv_mr { struct ibv_context *context @0; struct ibv_pd *pd @8; void *addr @16;
+ * size_t length @24; uint32_t handle @32; uint32_t lkey @36; uint32_t rkey @40; }.  pyxlio
+ * reads lkey at its offset and never includes verbs.h.  IBV_ACCESS_LOCAL_WRITE = 1. */
+typedef void *(*pyxlio_ibv_reg_mr_fn)(void *pd, void *addr, size_t length, int access);
+typedef int (*pyxlio_ibv_dereg_mr_fn)(void *mr);
+#define PYXLIO_IBV_MR_LKEY_OFFSET 36
+#define PYXLIO_IBV_ACCESS_LOCAL_WRITE 1
+static inline uint32_t pyxlio_ibv_mr_lkey(const void *mr) {
+    uint32_t k;
+    memcpy(&k, (const unsigned char *)mr + PYXLIO_IBV_MR_LKEY_OFFSET, sizeof k);
+    return k;
+}
+
 /* Compile-time pins of the facts (the test suite pins them again from Python). */
 _Static_assert(sizeof(pyxlio_api_legacy_t) == PYXLIO_API_LEGACY_SIZE_3_30_3, "legacy: 248 bytes");
 _Static_assert(sizeof(pyxlio_api_360_full_t) == PYXLIO_API_360_SIZE, "3.60: 232 bytes");
@@ -595,6 +798,16 @@ _Static_assert(offsetof(pyxlio_api_vma_t, ioctl) == 160, "VMA ioctl @160");
 _Static_assert(offsetof(pyxlio_api_vma_t, dump_fd_stats) == 96, "VMA dump_fd_stats @96");
 _Static_assert(offsetof(pyxlio_recv_info_t, sw_timestamp) == 64, "sw_timestamp @64");
 _Static_assert(sizeof(pyxlio_zc_packet_t) == 16, "packet header is 16 bytes");
+_Static_assert(sizeof(pyxlio_init_attr_t) == 32, "xlio_init_attr is 32 bytes");
+_Static_assert(sizeof(pyxlio_poll_group_attr_t) == 40, "xlio_poll_group_attr (3.60+) is 40 bytes");
+_Static_assert(offsetof(pyxlio_poll_group_attr_t, socket_accept_cb) == 32, "accept_cb @32");
+_Static_assert(sizeof(pyxlio_socket_attr_t) == 24, "xlio_socket_attr is 24 bytes");
+_Static_assert(offsetof(pyxlio_socket_attr_t, group) == 8, "socket_attr.group @8");
+_Static_assert(sizeof(pyxlio_socket_send_attr_t) == 16, "xlio_socket_send_attr is 16 bytes");
+_Static_assert(offsetof(pyxlio_socket_send_attr_t, userdata_op) == 8, "send_attr.userdata_op @8");
+_Static_assert(offsetof(pyxlio_api_legacy_t, xlio_poll_group_buf_free) == 240, "3.51 buf_free @240");
+_Static_assert(offsetof(pyxlio_api_361_full_t, xlio_init_ex) == 40, "3.61 Ultra @40");
+_Static_assert(offsetof(pyxlio_api_360_full_t, xlio_init_ex) == 48, "3.60 Ultra @48");
 _Static_assert(CMSG_LEN(PYXLIO_USER_ALLOC_PAYLOAD) == PYXLIO_USER_ALLOC_CMSG_LEN, "CMSG_LEN(17)");
 _Static_assert(CMSG_SPACE(PYXLIO_USER_ALLOC_PAYLOAD) == PYXLIO_USER_ALLOC_CMSG_SPACE, "CMSG_SPACE(17)");
 
