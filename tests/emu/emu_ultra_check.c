@@ -965,7 +965,60 @@ static int case_many(void) {
     return 0;
 }
 
+/* fork with a live group, a connected socket and a held buffer: in the child the parent's
+ * handles are dead (not reported at the child's exit); the parent carries on. */
+static int case_fork(void) {
+    need_api();
+    init_ultra();
+    struct sockaddr_in addr;
+    int lfd = listener(&addr);
+    pyxlio_poll_group_t g = group_new(0, 0);
+    rec_t *r = rec_new();
+    pyxlio_xsock_t s = sock_new(g, r);
+    connect_to(g, s, r, &addr);
+    int pfd = accept_peer(lfd);
+    CHECK(send(pfd, "data", 4, 0) == 4, "peer send");
+    rxwait_t w = {r, 4};
+    poll_until(g, c_rx_len, &w, NULL, NULL, "rx");
+    pid_t pid = fork();
+    CHECK(pid >= 0, "fork");
+    if (pid == 0) exit(0);          /* the exit report runs in the child: nothing of the parent */
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st), "child");
+    CHECK(WEXITSTATUS(st) == 0, "child exit status %d", WEXITSTATUS(st));
+    pyxlio_socket_send_attr_t f = {.flags = PYXLIO_SOCKET_SEND_FLAG_INLINE |
+                                            PYXLIO_SOCKET_SEND_FLAG_FLUSH};
+    CHECK_RC(U.send(s, "back", 4, &f), 0, 0);
+    char buf[8];
+    int64_t end = now_ms() + WAIT_MS;
+    ssize_t got = 0;
+    while (got < 4) {
+        ssize_t n = recv(pfd, buf + got, sizeof buf - (size_t)got, MSG_DONTWAIT);
+        if (n > 0) got += n;
+        CHECK(now_ms() < end, "peer receive");
+        U.group_poll(g);
+    }
+    free_held(r);
+    destroy_and_wait(g, s, r);
+    CHECK_RC(U.group_destroy(g), 0, 0);
+    /* IPv6 sockets too */
+    pyxlio_poll_group_t g6 = group_new(0, 0);
+    rec_t *r6 = rec_new();
+    pyxlio_socket_attr_t a6 = {.domain = AF_INET6, .group = g6, .userdata_sq = (uintptr_t)r6};
+    pyxlio_xsock_t s6 = 0;
+    CHECK_RC(U.socket_create(&a6, &s6), 0, 0);
+    r6->sock = s6;
+    struct sockaddr_in6 b6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    CHECK_RC(U.bind(s6, (struct sockaddr *)&b6, sizeof b6), 0, 0);
+    destroy_and_wait(g6, s6, r6);
+    CHECK_RC(U.group_destroy(g6), 0, 0);
+    close(pfd);
+    close(lfd);
+    return 0;
+}
+
 static const struct { const char *name; int (*fn)(void); } CASES[] = {
+    {"fork", case_fork},
     {"echo", case_echo},
     {"events", case_events},
     {"flush", case_flush},

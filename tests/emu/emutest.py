@@ -198,6 +198,7 @@ ULTRA_CASES: list[tuple[str, dict[str, str], int]] = [
     ("flush", {}, 0),
     ("listen", {}, 0),
     ("many", {}, 0),
+    ("fork", {}, 0),
     ("init-fresh", {}, 0),
     ("init-started", {}, 0),
     ("passthrough", {"PYXLIO_EMU_OFFLOAD": "none"}, 0),
