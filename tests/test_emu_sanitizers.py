@@ -1,7 +1,7 @@
 """The emulator's C checks again under AddressSanitizer+UBSan and under valgrind (slow).
 
-Same table of cases and exit statuses as tests/test_emu_core.py; the runs must also be free of
-sanitizer reports and valgrind errors.
+Same tables of cases and exit statuses as tests/test_emu_core.py and tests/test_emu_ultra.py;
+the runs must also be free of sanitizer reports and valgrind errors.
 """
 
 from __future__ import annotations
@@ -87,6 +87,30 @@ def test_asan_ubsan_clean(asan_build: tuple[str, str, str], case: str, env: dict
     assert f"ok {case}" in r.out
 
 
+@pytest.fixture(scope="session")
+def asan_ultra_check(asan_build: tuple[str, str, str],
+                     tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/emu/emu_ultra_check.c built with -fsanitize=address,undefined."""
+    d = tmp_path_factory.mktemp("emu-ultra-asan")
+    return emutest.build_ultra_check(str(d / "emu_ultra_check_asan"), SAN)
+
+
+@pytest.mark.parametrize("layout", emutest.ULTRA_LAYOUTS)
+@pytest.mark.parametrize(("case", "env", "want"), emutest.ULTRA_CASES,
+                         ids=[c[0] for c in emutest.ULTRA_CASES])
+def test_asan_ubsan_clean_ultra(asan_build: tuple[str, str, str], asan_ultra_check: str,
+                                case: str, env: dict[str, str], want: int, layout: str) -> None:
+    _, lib, libasan = asan_build
+    e = {"PYXLIO_EMU_LAYOUT": layout, **env}
+    e["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=77"
+    e["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:exitcode=78"
+    r = emutest.run_case(asan_ultra_check, lib, case, env=e, preload_prefix=libasan, timeout=240)
+    assert "ERROR: AddressSanitizer" not in r.err and "runtime error:" not in r.err, r.err
+    assert "ERROR: LeakSanitizer" not in r.err, r.err
+    assert r.rc == want, f"rc={r.rc}\n{r.out}\n{r.err}"
+    assert f"ok {case}" in r.out
+
+
 @pytest.mark.parametrize("which", CONFIG_IDS)
 def test_asan_ubsan_clean_config(asan_build: tuple[str, str, str], tmp_path: object,
                                  which: str) -> None:
@@ -115,6 +139,28 @@ def test_valgrind_clean(plain_build: tuple[str, str], case: str) -> None:
     vg = [shutil.which("valgrind") or "valgrind", "-q", "--error-exitcode=99",
           "--trace-children=no", "--child-silent-after-fork=yes"]
     r = emutest.run_case(check, lib, case, env=env, wrapper=vg, timeout=240)
+    assert r.rc == want, f"rc={r.rc}\n{r.out}\n{r.err}"
+    bad = ("Invalid read", "Invalid write", "Invalid free", "uninitialised", "Conditional jump",
+           "Syscall param", "Mismatched free")
+    assert not any(b in r.err for b in bad), r.err
+    assert f"ok {case}" in r.out
+
+
+VALGRIND_ULTRA_CASES = ["events", "flush", "listen", "misuse", "leaks", "fork"]
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@pytest.mark.parametrize("layout", ["3.51", "3.61"])
+@pytest.mark.parametrize("case", VALGRIND_ULTRA_CASES)
+def test_valgrind_clean_ultra(plain_build: tuple[str, str], tmp_path: object, case: str,
+                              layout: str) -> None:
+    _, lib = plain_build
+    check = emutest.build_ultra_check(str(tmp_path) + "/emu_ultra_check")
+    env, want = next((c[1], c[2]) for c in emutest.ULTRA_CASES if c[0] == case)
+    vg = [shutil.which("valgrind") or "valgrind", "-q", "--error-exitcode=99",
+          "--trace-children=no", "--child-silent-after-fork=yes"]
+    r = emutest.run_case(check, lib, case, env={"PYXLIO_EMU_LAYOUT": layout, **env}, wrapper=vg,
+                         timeout=240)
     assert r.rc == want, f"rc={r.rc}\n{r.out}\n{r.err}"
     bad = ("Invalid read", "Invalid write", "Invalid free", "uninitialised", "Conditional jump",
            "Syscall param", "Mismatched free")
