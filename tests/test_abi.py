@@ -562,6 +562,53 @@ def _compile(flags: list[str], source: str, tmp_path: Path, name: str
                           timeout=120, env=dict(os.environ, LC_ALL="C"))
 
 
+# The Ultra API's structs and constants (xlio_types.h): vendor name -> pyxlio's.
+_ULTRA_STRUCTS = {
+    "xlio_init_attr": ("pyxlio_init_attr_t", ["flags", "memory_cb", "memory_alloc",
+                                              "memory_free"]),
+    "xlio_poll_group_attr": ("pyxlio_poll_group_attr_t", ["flags", "socket_event_cb",
+                                                          "socket_comp_cb", "socket_rx_cb"]),
+    "xlio_socket_attr": ("pyxlio_socket_attr_t", ["flags", "domain", "group", "userdata_sq"]),
+    "xlio_socket_send_attr": ("pyxlio_socket_send_attr_t", ["flags", "mkey", "userdata_op"]),
+    "xlio_buf": ("pyxlio_xbuf_t", ["userdata"]),
+}
+_ULTRA_CONSTANTS = {
+    "XLIO_SOCKET_EVENT_ESTABLISHED": "PYXLIO_SOCKET_EVENT_ESTABLISHED",
+    "XLIO_SOCKET_EVENT_TERMINATED": "PYXLIO_SOCKET_EVENT_TERMINATED",
+    "XLIO_SOCKET_EVENT_CLOSED": "PYXLIO_SOCKET_EVENT_CLOSED",
+    "XLIO_SOCKET_EVENT_ERROR": "PYXLIO_SOCKET_EVENT_ERROR",
+    "XLIO_GROUP_FLAG_SAFE": "PYXLIO_GROUP_FLAG_SAFE",
+    "XLIO_GROUP_FLAG_DIRTY": "PYXLIO_GROUP_FLAG_DIRTY",
+    "XLIO_SOCKET_SEND_FLAG_FLUSH": "PYXLIO_SOCKET_SEND_FLAG_FLUSH",
+    "XLIO_SOCKET_SEND_FLAG_INLINE": "PYXLIO_SOCKET_SEND_FLAG_INLINE",
+}
+
+
+def _ultra_same(has: set[str]) -> list[str]:
+    """Static asserts of the Ultra API's structs and constants against pyxlio's header: every
+    size and offset, the accept callback where the release has one (3.60+: 40 bytes; the
+    socket API of 3.30-3.51: 32)."""
+    out: list[str] = []
+    for vendor, (ours, fields) in _ULTRA_STRUCTS.items():
+        assert f"ustruct:{vendor}" in has, f"the header has the Ultra API but no struct {vendor}"
+        if vendor == "xlio_poll_group_attr":
+            size = ("sizeof(pyxlio_poll_group_attr_t)" if "ufield:socket_accept_cb" in has
+                    else "PYXLIO_POLL_GROUP_ATTR_SIZE_SOCKET_API")
+        else:
+            size = f"sizeof({ours})"
+        out.append(f'SAME(sizeof(struct {vendor}), {size}, "sizeof(struct {vendor})");')
+        for f in fields:
+            out.append(f"SAME(offsetof(struct {vendor}, {f}), offsetof({ours}, {f}), "
+                       f'"{vendor}.{f}");')
+    if "ufield:socket_accept_cb" in has:
+        out.append("SAME(offsetof(struct xlio_poll_group_attr, socket_accept_cb), "
+                   'offsetof(pyxlio_poll_group_attr_t, socket_accept_cb), "accept_cb");')
+    for vendor, ours in _ULTRA_CONSTANTS.items():
+        assert f"uconst:{vendor}" in has, f"the header has the Ultra API but no {vendor}"
+        out.append(f'SAME({vendor}, {ours}, "{vendor}");')
+    return out
+
+
 def _vendor_declares(flags: list[str], include: str, tmp_path: Path) -> set[str]:
     """Which members, structs, cap bits and constants the vendor header declares.
 
@@ -575,6 +622,10 @@ def _vendor_declares(flags: list[str], include: str, tmp_path: Path) -> set[str]
               ("struct:packets", "sizeof(struct xlio_recvfrom_zcopy_packets_t)")]
     items += [(f"cap:{c}", f"XLIO_EXTRA_API_{c}") for c in _CAP_NAMES]
     items += [(f"const:{c}", c) for c in _VENDOR_CONSTANTS]
+    items += [(f"ustruct:{v}", f"sizeof(struct {v})") for v in _ULTRA_STRUCTS]
+    items += [("ufield:socket_accept_cb",
+               "offsetof(struct xlio_poll_group_attr, socket_accept_cb)")]
+    items += [(f"uconst:{c}", c) for c in _ULTRA_CONSTANTS]
     head = ["#include <stddef.h>", f"#include {include}"]
     body = [f"static const unsigned long long probe_{i} = (unsigned long long)({expr});"
             for i, (_, expr) in enumerate(items)]
@@ -675,6 +726,8 @@ def test_layout_matches_the_installed_vendor_header(tmp_path: Path) -> None:
             "SAME(offsetof(struct xlio_recvfrom_zcopy_packets_t, pkts), "
             'offsetof(pyxlio_zc_packets_t, pkts), "pkts");',
         ]
+    if "xlio_init_ex" in members:
+        same += _ultra_same(has)
     run = _compile(flags, "\n".join(same) + "\n", tmp_path, "same")
     assert run.returncode == 0, run.stderr
     print(f"vendor header {include} {' '.join(flags)}: layout {LAYOUT_ENUM[key]}, "
