@@ -58,7 +58,7 @@ cdef extern from *:
         /* the queue: a ring of records */
         pyxlio_urec_t *q;
         size_t cap, head, count;
-        size_t max_cap;             /* test hook: the queue may not grow past this (0: no cap) */
+        size_t max_cap;             /* test hook: at most this many records (0: no limit) */
         size_t inflight;            /* zero-copy sends not completed (their records are reserved) */
         /* slots */
         pyxlio_uslot_t *slots;
@@ -87,15 +87,12 @@ cdef extern from *:
         pyxlio_urec_t *nq;
         if (room > SIZE_MAX - g->count) return -1;
         need = g->count + room;
+        if (g->max_cap && need > g->max_cap) return -1;     /* test hook: "out of memory" */
         if (need <= g->cap) return 0;
         ncap = g->cap ? g->cap : 64;
         while (ncap < need) {
             if (ncap > SIZE_MAX / 2 / sizeof(pyxlio_urec_t)) return -1;
             ncap *= 2;
-        }
-        if (g->max_cap && ncap > g->max_cap) {
-            if (need > g->max_cap) return -1;
-            ncap = g->max_cap;
         }
         nq = (pyxlio_urec_t *)malloc(ncap * sizeof *nq);
         if (!nq) return -1;
@@ -314,6 +311,49 @@ cdef extern from *:
         }
     }
 
+    /* The group is collected without close(): with only C at hand, do what close() does -
+     * destroy every live socket, poll (until `until_ns`) for their TERMINATED while giving
+     * back every buffer that arrives and destroying accepted sockets, then destroy the group. */
+    static void pyxlio_u_discard(pyxlio_ugroup_t *g, const pyxlio_urec_t *r) {
+        pyxlio_uslot_t *s;
+        if (r->kind == PYXLIO_UREC_RX) {
+            if (g->destroyed) return;
+            s = pyxlio_u_slot(g, r->userdata);
+            if (s && s->handle == r->sock && !(s->flags & PYXLIO_USLOT_TERMINATED))
+                pyxlio_u_ops.socket_buf_free(r->sock, r->buf);
+            else
+                pyxlio_u_ops.group_buf_free(g->handle, r->buf);
+        } else if (r->kind == PYXLIO_UREC_ACCEPT) {
+            if (r->op && (s = pyxlio_u_slot(g, r->op)) != NULL) s->flags |= PYXLIO_USLOT_DESTROYED;
+            if (!g->destroyed) pyxlio_u_ops.socket_destroy(r->sock);
+        } else if (r->kind == PYXLIO_UREC_EVENT && r->event == PYXLIO_SOCKET_EVENT_TERMINATED) {
+            s = pyxlio_u_slot(g, r->userdata);
+            if (s && s->handle == r->sock) pyxlio_u_slot_free(g, r->userdata);
+        }
+    }
+    static void pyxlio_u_teardown(pyxlio_ugroup_t *g, long long until_ns) {
+        pyxlio_urec_t r;
+        pyxlio_u_lock(g);
+        if (g->destroyed || !g->created) { pyxlio_u_unlock(g); return; }
+        for (uint32_t i = 0; i < g->nslots; i++) {
+            pyxlio_uslot_t *s = &g->slots[i];
+            if ((s->flags & PYXLIO_USLOT_USED) && s->handle &&
+                !(s->flags & (PYXLIO_USLOT_DESTROYED | PYXLIO_USLOT_TERMINATED))) {
+                s->flags |= PYXLIO_USLOT_DESTROYED;
+                pyxlio_u_ops.socket_destroy(s->handle);
+            }
+        }
+        for (;;) {
+            while (pyxlio_u_pop(g, &r)) pyxlio_u_discard(g, &r);
+            if (!pyxlio_u_live_slots(g) || pyxlio_u_now_ns() >= until_ns) break;
+            pyxlio_u_ops.group_poll(g->handle);
+        }
+        g->destroyed = 1;
+        pyxlio_u_ops.group_destroy(g->handle);
+        while (pyxlio_u_pop(g, &r)) {}    /* the group is gone: nothing can be given back */
+        pyxlio_u_unlock(g);
+    }
+
     static pyxlio_ugroup_t *pyxlio_u_group_new(void) {
         pyxlio_ugroup_t *g = (pyxlio_ugroup_t *)calloc(1, sizeof *g);
         if (!g) return NULL;
@@ -468,6 +508,7 @@ cdef extern from *:
     void pyxlio_u_set_stop(pyxlio_ugroup_t *g, int v) nogil
     long long pyxlio_u_now_ns() nogil
     long pyxlio_u_poll_for(pyxlio_ugroup_t *g, long long until_ns, int once) nogil
+    void pyxlio_u_teardown(pyxlio_ugroup_t *g, long long until_ns) nogil
     pyxlio_ugroup_t *pyxlio_u_group_new() nogil
     void pyxlio_u_group_free(pyxlio_ugroup_t *g, int forked) nogil
     pyxlio_poll_group_attr_t pyxlio_u_group_attr(unsigned flags) nogil

@@ -126,10 +126,7 @@ cdef class PollGroup:
                             b"without close(); its XLIO group is destroyed now", 1) != 0:
                 PyErr_Clear()
             with nogil:
-                pyxlio_u_lock(self.g)
-                self.g.destroyed = 1
-                pyxlio_u_ops.group_destroy(self.g.handle)
-                pyxlio_u_unlock(self.g)
+                pyxlio_u_teardown(self.g, pyxlio_u_now_ns() + CLOSE_DRAIN_NS)
         pyxlio_u_group_free(self.g, forked)
         self.g = NULL
 
@@ -427,7 +424,7 @@ cdef class PollGroup:
             buf.give_back()
             warnings.warn(f"pyxlio.ultra: {r.len} bytes received on {sock!r}, which has no "
                           "on_receive handler (nor has its group): returned to XLIO unread",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=1)
             return 0
         try:
             handler(sock, buf)
@@ -734,8 +731,8 @@ cdef class PollGroup:
     # -- test hooks -----------------------------------------------------------------------------
 
     def _set_queue_limit(self, records: int) -> None:
-        """Test hook: the event queue may not grow past `records` (0: no limit), as if memory
-        ran out there."""
+        """Test hook: the event queue may not hold more than `records` records (0: no limit),
+        as if memory ran out there."""
         self.check_open()
         if records < 0:
             raise ValueError("records must be >= 0")
