@@ -18,7 +18,8 @@ cdef extern from *:
     #include "pyxlio/xlio_abi.h"
 
     /* ---- records: what a callback saw, appended in the order XLIO raised them ------------ */
-    enum { PYXLIO_UREC_EVENT = 1, PYXLIO_UREC_RX = 2, PYXLIO_UREC_COMP = 3, PYXLIO_UREC_ACCEPT = 4 };
+    enum { PYXLIO_UREC_EVENT = 1, PYXLIO_UREC_RX = 2, PYXLIO_UREC_COMP = 3,
+           PYXLIO_UREC_ACCEPT = 4 };
     typedef struct {
         int kind;
         int event;                  /* EVENT: the event */
@@ -172,7 +173,8 @@ cdef extern from *:
     static uint32_t pyxlio_u_live_slots(const pyxlio_ugroup_t *g) {
         uint32_t n = 0;
         for (uint32_t i = 0; i < g->nslots; i++)
-            if ((g->slots[i].flags & PYXLIO_USLOT_USED) && !(g->slots[i].flags & PYXLIO_USLOT_TERMINATED))
+            if ((g->slots[i].flags & PYXLIO_USLOT_USED) &&
+                !(g->slots[i].flags & PYXLIO_USLOT_TERMINATED))
                 n++;
         return n;
     }
@@ -183,7 +185,8 @@ cdef extern from *:
         pyxlio_urec_t r;
         if (!g) { __atomic_add_fetch(&pyxlio_u_stray, 1, __ATOMIC_SEQ_CST); return; }
         memset(&r, 0, sizeof r);
-        r.kind = PYXLIO_UREC_EVENT; r.sock = sock; r.userdata = ud; r.event = event; r.value = value;
+        r.kind = PYXLIO_UREC_EVENT; r.sock = sock; r.userdata = ud;
+        r.event = event; r.value = value;
         if (event == PYXLIO_SOCKET_EVENT_TERMINATED) {
             /* From now on the handle may be freed: no pyxlio call passes it to XLIO again. */
             pyxlio_uslot_t *s = pyxlio_u_slot(g, ud);
@@ -215,7 +218,8 @@ cdef extern from *:
             return;
         }
         memset(&r, 0, sizeof r);
-        r.kind = PYXLIO_UREC_RX; r.sock = sock; r.userdata = ud; r.data = data; r.len = len; r.buf = buf;
+        r.kind = PYXLIO_UREC_RX; r.sock = sock; r.userdata = ud;
+        r.data = data; r.len = len; r.buf = buf;
         if (pyxlio_u_push(g, &r, pyxlio_u_reserve(g)) != 0) {
             /* The queue cannot grow: the buffer goes back to XLIO now and poll() says so. */
             g->lost_rx++;
@@ -223,7 +227,8 @@ cdef extern from *:
             if (!g->destroyed) pyxlio_u_ops.group_buf_free(g->handle, buf);
         }
     }
-    static void pyxlio_u_accept_cb(pyxlio_xsock_t sock, pyxlio_xsock_t parent, uintptr_t parent_ud) {
+    static void pyxlio_u_accept_cb(pyxlio_xsock_t sock, pyxlio_xsock_t parent,
+                                   uintptr_t parent_ud) {
         pyxlio_ugroup_t *g = pyxlio_u_current;
         pyxlio_urec_t r;
         uintptr_t ud;
@@ -240,7 +245,8 @@ cdef extern from *:
             }
         }
         memset(&r, 0, sizeof r);
-        r.kind = PYXLIO_UREC_ACCEPT; r.sock = sock; r.userdata = parent_ud; r.op = ud; r.parent = parent;
+        r.kind = PYXLIO_UREC_ACCEPT; r.sock = sock; r.userdata = parent_ud;
+        r.op = ud; r.parent = parent;
         if (pyxlio_u_push(g, &r, 0) != 0) {
             g->lost_accepts++;
             if (ud) pyxlio_u_slot_free(g, ud);    /* XLIO's own rule: no destroy from here */
@@ -273,7 +279,8 @@ cdef extern from *:
         pthread_mutex_unlock(&g->mu);
     }
     static int pyxlio_u_owned_by_me(const pyxlio_ugroup_t *g) {
-        return __atomic_load_n(&g->locked, __ATOMIC_SEQ_CST) && pthread_equal(g->owner, pthread_self());
+        return __atomic_load_n(&g->locked, __ATOMIC_SEQ_CST) &&
+               pthread_equal(g->owner, pthread_self());
     }
 
     static int pyxlio_u_stopping(const pyxlio_ugroup_t *g) {

@@ -330,7 +330,7 @@ cdef class PollGroup:
                 raise TypeError(f"max_events must be an int, not {type(max_events).__name__}")
             if max_events < 1:
                 raise ValueError(f"max_events must be at least 1, not {max_events}")
-            limit = max_events if max_events < DEFAULT_MAX_EVENTS * 1024 else DEFAULT_MAX_EVENTS * 1024
+            limit = min(max_events, DEFAULT_MAX_EVENTS * 1024)
             if timeout is not None:
                 if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
                     raise TypeError(f"timeout must be a number of seconds or None, not "

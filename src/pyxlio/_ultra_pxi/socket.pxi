@@ -224,7 +224,8 @@ cdef class UltraSocket:
         cdef socklen_t n = sizeof(ss)
         cdef int rc
         cdef pyxlio_xsock_t h = self.handle
-        cdef pyxlio_u_sockname_fn fn = pyxlio_u_ops.getpeername if peer else pyxlio_u_ops.getsockname
+        cdef pyxlio_u_sockname_fn fn = (pyxlio_u_ops.getpeername if peer
+                                        else pyxlio_u_ops.getsockname)
         member = "xlio_socket_getpeername" if peer else "xlio_socket_getsockname"
         require(<void *>fn, member)
         memset(&ss, 0, sizeof(ss))
@@ -256,7 +257,9 @@ cdef class UltraSocket:
         cdef int rc
         cdef pyxlio_xsock_t h = self.handle
         memset(&attr, 0, sizeof(attr))
-        attr.flags = PYXLIO_SOCKET_SEND_FLAG_INLINE | (PYXLIO_SOCKET_SEND_FLAG_FLUSH if flush else 0)
+        attr.flags = PYXLIO_SOCKET_SEND_FLAG_INLINE
+        if flush:
+            attr.flags |= PYXLIO_SOCKET_SEND_FLAG_FLUSH
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             if view.len == 0:
