@@ -67,6 +67,7 @@ cdef class PollGroup:
     cdef Py_ssize_t unhandled
     cdef Py_ssize_t refused
     cdef Py_ssize_t dispatched
+    cdef Py_ssize_t freeing         # free_xbuf calls waiting for (or holding) the mutex
     cdef public object on_event
     cdef public object on_receive
     cdef public object on_complete
@@ -185,8 +186,13 @@ cdef class PollGroup:
         if xbuf == NULL or self.g == NULL or gen != fork_generation() or self.g.destroyed:
             return 0
         owned = pyxlio_u_owned_by_me(self.g)
-        if not owned:
-            self.lock()
+        self.freeing += 1               # close() waits for it before destroying the group
+        try:
+            if not owned:
+                self.lock()
+        except BaseException:
+            self.freeing -= 1
+            raise
         try:
             if self.g.destroyed:
                 return 0
@@ -204,6 +210,7 @@ cdef class PollGroup:
         finally:
             if not owned:
                 self.unlock()
+            self.freeing -= 1
         return 0
 
     # -- sockets ------------------------------------------------------------------------------
@@ -228,7 +235,7 @@ cdef class PollGroup:
         fam = family
         self.check_open()
         self.lock()
-        if self.g.destroyed:
+        if self.g.destroyed or self.closing or self.closed_flag:   # closed while we waited
             self.unlock()
             raise OSError(EBADF, "Bad file descriptor: the poll group is closed")
         ud = pyxlio_u_slot_new(self.g)
@@ -563,13 +570,13 @@ cdef class PollGroup:
             return
         if self.closing:
             raise RuntimeError("PollGroup.close() is running in another thread")
+        nap.tv_sec = 0
+        nap.tv_nsec = 1000000
         if self.dispatching:
             if self.dispatch_thread == <long>PyThread_get_thread_ident():
                 raise RuntimeError("PollGroup.close() from one of its own handlers: close it "
                                    "after poll() returns")
             pyxlio_u_set_stop(self.g, 1)
-            nap.tv_sec = 0
-            nap.tv_nsec = 1000000
             while self.dispatching and waited < CLOSE_WAIT_POLL_MS:
                 with nogil:
                     nanosleep(&nap, NULL)
@@ -596,6 +603,12 @@ cdef class PollGroup:
             callbacks.extend(self.discard_queue())
             self.destroy_sockets()
             callbacks.extend(self.drain())
+            # A buffer another thread is giving back right now goes back before the group.
+            waited = 0
+            while self.freeing > 0 and waited < CLOSE_WAIT_POLL_MS:
+                with nogil:
+                    nanosleep(&nap, NULL)
+                waited += 1
             self.lock()
             if not self.g.destroyed:
                 self.g.destroyed = 1

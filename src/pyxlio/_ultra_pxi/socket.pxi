@@ -312,6 +312,10 @@ cdef class UltraSocket:
         with nogil:
             pd = pyxlio_u_ops.get_pd(h) if pyxlio_u_ops.get_pd != NULL else NULL
         try:
+            # Checked again: waiting for the mutex (and get_pd) let other threads run, and
+            # one may have closed the region; from here to Completion.make (which counts the
+            # send in the region's `inflight`, so close() refuses) the GIL is held.
+            r.check_usable()
             if pd != r.pd:
                 raise ValueError("the MemoryRegion is registered on another protection domain "
                                  "than this socket's (another device)")
