@@ -146,6 +146,28 @@ def test_valgrind_clean(plain_build: tuple[str, str], case: str) -> None:
     assert f"ok {case}" in r.out
 
 
+VALGRIND_ULTRA_CASES = ["events", "flush", "listen", "misuse", "leaks", "fork"]
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
+@pytest.mark.parametrize("layout", ["3.51", "3.61"])
+@pytest.mark.parametrize("case", VALGRIND_ULTRA_CASES)
+def test_valgrind_clean_ultra(plain_build: tuple[str, str], tmp_path: object, case: str,
+                              layout: str) -> None:
+    _, lib = plain_build
+    check = emutest.build_ultra_check(str(tmp_path) + "/emu_ultra_check")
+    env, want = next((c[1], c[2]) for c in emutest.ULTRA_CASES if c[0] == case)
+    vg = [shutil.which("valgrind") or "valgrind", "-q", "--error-exitcode=99",
+          "--trace-children=no", "--child-silent-after-fork=yes"]
+    r = emutest.run_case(check, lib, case, env={"PYXLIO_EMU_LAYOUT": layout, **env}, wrapper=vg,
+                         timeout=240)
+    assert r.rc == want, f"rc={r.rc}\n{r.out}\n{r.err}"
+    bad = ("Invalid read", "Invalid write", "Invalid free", "uninitialised", "Conditional jump",
+           "Syscall param", "Mismatched free")
+    assert not any(b in r.err for b in bad), r.err
+    assert f"ok {case}" in r.out
+
+
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 @pytest.mark.parametrize("which", CONFIG_IDS)
 def test_valgrind_clean_config(plain_build: tuple[str, str], tmp_path: object, which: str) -> None:

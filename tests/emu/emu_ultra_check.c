@@ -17,6 +17,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -965,7 +966,125 @@ static int case_many(void) {
     return 0;
 }
 
+/* fork with a live group, a connected socket and a held buffer: in the child the parent's
+ * handles are dead (not reported at the child's exit); the parent carries on. */
+static int case_fork(void) {
+    need_api();
+    init_ultra();
+    struct sockaddr_in addr;
+    int lfd = listener(&addr);
+    pyxlio_poll_group_t g = group_new(0, 0);
+    rec_t *r = rec_new();
+    pyxlio_xsock_t s = sock_new(g, r);
+    connect_to(g, s, r, &addr);
+    int pfd = accept_peer(lfd);
+    CHECK(send(pfd, "data", 4, 0) == 4, "peer send");
+    rxwait_t w = {r, 4};
+    poll_until(g, c_rx_len, &w, NULL, NULL, "rx");
+    pid_t pid = fork();
+    CHECK(pid >= 0, "fork");
+    if (pid == 0) exit(0);          /* the exit report runs in the child: nothing of the parent */
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid && WIFEXITED(st), "child");
+    CHECK(WEXITSTATUS(st) == 0, "child exit status %d", WEXITSTATUS(st));
+    pyxlio_socket_send_attr_t f = {.flags = PYXLIO_SOCKET_SEND_FLAG_INLINE |
+                                            PYXLIO_SOCKET_SEND_FLAG_FLUSH};
+    CHECK_RC(U.send(s, "back", 4, &f), 0, 0);
+    char buf[8];
+    int64_t end = now_ms() + WAIT_MS;
+    ssize_t got = 0;
+    while (got < 4) {
+        ssize_t n = recv(pfd, buf + got, sizeof buf - (size_t)got, MSG_DONTWAIT);
+        if (n > 0) got += n;
+        CHECK(now_ms() < end, "peer receive");
+        U.group_poll(g);
+    }
+    free_held(r);
+    destroy_and_wait(g, s, r);
+    CHECK_RC(U.group_destroy(g), 0, 0);
+    /* IPv6 sockets too */
+    pyxlio_poll_group_t g6 = group_new(0, 0);
+    rec_t *r6 = rec_new();
+    pyxlio_socket_attr_t a6 = {.domain = AF_INET6, .group = g6, .userdata_sq = (uintptr_t)r6};
+    pyxlio_xsock_t s6 = 0;
+    CHECK_RC(U.socket_create(&a6, &s6), 0, 0);
+    r6->sock = s6;
+    struct sockaddr_in6 b6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    CHECK_RC(U.bind(s6, (struct sockaddr *)&b6, sizeof b6), 0, 0);
+    destroy_and_wait(g6, s6, r6);
+    CHECK_RC(U.group_destroy(g6), 0, 0);
+    close(pfd);
+    close(lfd);
+    return 0;
+}
+
+/* A XLIO_GROUP_FLAG_SAFE group: one thread polls while another sends (INLINE and zero-copy):
+ * every byte arrives in order, every completion once, no violation. */
+typedef struct {
+    pyxlio_xsock_t s;
+    unsigned char *region;
+    uint32_t lkey;
+    size_t nmsg, msglen;
+    volatile int done;
+} sender_t;
+
+static void *sender_main(void *arg) {
+    sender_t *t = arg;
+    for (size_t k = 0; k < t->nmsg; k++) {
+        unsigned char *p = t->region + k * t->msglen;
+        for (size_t i = 0; i < t->msglen; i++) p[i] = pattern(k, i);
+        pyxlio_socket_send_attr_t sa = {.flags = PYXLIO_SOCKET_SEND_FLAG_FLUSH, .mkey = t->lkey,
+                                        .userdata_op = k + 1};
+        if (k % 3 == 0) sa.flags |= PYXLIO_SOCKET_SEND_FLAG_INLINE;
+        CHECK_RC(U.send(t->s, p, t->msglen, &sa), 0, 0);
+    }
+    t->done = 1;
+    return NULL;
+}
+
+static int case_threads(void) {
+    need_api();
+    init_ultra();
+    struct sockaddr_in addr;
+    int lfd = listener(&addr);
+    pyxlio_poll_group_t g = group_new(PYXLIO_GROUP_FLAG_SAFE, 0);
+    rec_t *r = rec_new();
+    r->free_in_cb = 1;
+    pyxlio_xsock_t s = sock_new(g, r);
+    connect_to(g, s, r, &addr);
+    echo_t e = {.fd = accept_peer(lfd), .reading = 1};
+    sender_t t = {.s = s, .nmsg = 2000, .msglen = 200};
+    t.region = malloc(t.nmsg * t.msglen);
+    CHECK(t.region, "malloc");
+    void *mr = reg_mr(U.get_pd(s), t.region, t.nmsg * t.msglen, 1);
+    CHECK(mr, "reg_mr");
+    t.lkey = pyxlio_ibv_mr_lkey(mr);
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, sender_main, &t) == 0, "pthread_create");
+    rxwait_t w = {r, t.nmsg * t.msglen};
+    poll_until(g, c_rx_len, &w, echo_hook, &e, "the echo from the other thread");
+    CHECK(pthread_join(th, NULL) == 0 && t.done, "sender");
+    for (size_t k = 0, o = 0; k < t.nmsg; k++)
+        for (size_t i = 0; i < t.msglen; i++, o++)
+            CHECK(r->rx[o] == pattern(k, i), "byte %zu", o);
+    size_t want = t.nmsg - (t.nmsg + 2) / 3;          /* zero-copy sends only */
+    compwait_t cw = {r, want};
+    poll_until(g, c_comps, &cw, NULL, NULL, "completions");
+    CHECK(r->ncomps == want, "completions %zu want %zu", r->ncomps, want);
+    for (size_t i = 1; i < r->ncomps; i++) CHECK(r->comps[i] > r->comps[i - 1], "order");
+    destroy_and_wait(g, s, r);
+    CHECK_RC(dereg_mr(mr), 0, 0);
+    CHECK_RC(U.group_destroy(g), 0, 0);
+    free(t.region);
+    free(e.pend);
+    close(e.fd);
+    close(lfd);
+    return 0;
+}
+
 static const struct { const char *name; int (*fn)(void); } CASES[] = {
+    {"threads", case_threads},
+    {"fork", case_fork},
     {"echo", case_echo},
     {"events", case_events},
     {"flush", case_flush},

@@ -182,6 +182,7 @@ CASES: list[tuple[str, dict[str, str], int]] = [
     ("tcp", {}, 0),
     ("fork", {}, 0),
     ("threads", {}, 0),
+    ("threads", {}, 0),
     ("passthrough", {}, 0),
 ]
 
@@ -198,6 +199,8 @@ ULTRA_CASES: list[tuple[str, dict[str, str], int]] = [
     ("flush", {}, 0),
     ("listen", {}, 0),
     ("many", {}, 0),
+    ("fork", {}, 0),
+    ("threads", {}, 0),
     ("init-fresh", {}, 0),
     ("init-started", {}, 0),
     ("passthrough", {"PYXLIO_EMU_OFFLOAD": "none"}, 0),
@@ -212,7 +215,7 @@ def build_ultra_check(out: str, extra: list[str] | None = None) -> str:
     cc = gcc()
     assert cc is not None
     cmd = [cc, "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", "-I", INCLUDE,
-           *(extra or []), ULTRA_CHECK_C, "-o", out, "-ldl", "-lpthread"]
+           *(extra or []), ULTRA_CHECK_C, "-o", out, "-ldl", "-pthread"]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return out
 

@@ -1304,12 +1304,12 @@ static int u_attach(pyxlio_xsock_t h, pyxlio_poll_group_t gh) {
     }
     group_lock(ng, "xlio_socket_attach_group");
     int rc = -1;
-    if (group_get(gh) == ng && group_add(ng, s) == 0) {
+    if (group_get(gh) != ng) {
+        errno = EINVAL;                 /* destroyed meanwhile */
+    } else if (group_add(ng, s) == 0) {
         interest(ng, s);
         if (s->dhead || s->pending_err) ng->work = 1;
         rc = 0;
-    } else if (!errno) {
-        errno = EINVAL;
     }
     pthread_mutex_unlock(&ng->mu);
     pthread_mutex_unlock(&g_detached_mu);
