@@ -37,10 +37,10 @@ def wait_until(group: ultra.PollGroup, cond: Callable[[], bool], rounds: int = R
 class EchoServer:
     """A stdlib TCP server thread: echoes (or, with echo=False, collects) what it receives."""
 
-    def __init__(self, echo: bool = True) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    def __init__(self, echo: bool = True, family: int = socket.AF_INET) -> None:
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
+        self.listener.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
         self.listener.listen(16)
         self.listener.settimeout(0.1)
         self.address = self.listener.getsockname()
@@ -236,6 +236,34 @@ def test_send_accepts_any_contiguous_bytes_and_flush(group: ultra.PollGroup,
     with pytest.raises(BufferError):
         sock.send(memoryview(b"abcdef")[::2])       # not contiguous
     terminate(group, sock)
+
+
+@pytest.mark.xlio
+@pytest.mark.offloaded
+def test_ipv6_echo(group: ultra.PollGroup) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    try:
+        server6 = EchoServer(family=socket.AF_INET6)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        got = bytearray()
+        sock = group.socket(ultra.AF_INET6, on_receive=lambda s, b: got.extend(b))
+        assert sock.family == ultra.AF_INET6
+        with pytest.raises(ValueError, match="numeric IPv6"):
+            sock.connect(("127.0.0.1", server6.address[1]))
+        sock.connect(("::1", server6.address[1]))
+        wait_until(group, lambda: sock.state == "established")
+        if ultra.kind() == ultra.UltraKind.ULTRA:
+            peer = sock.getpeername()
+            assert len(peer) == 4 and peer[:2] == ("::1", server6.address[1])
+        sock.send(b"over IPv6")
+        wait_until(group, lambda: len(got) >= 9)
+        assert bytes(got) == b"over IPv6"
+        terminate(group, sock)
+    finally:
+        server6.close()
 
 
 @pytest.mark.xlio
