@@ -307,3 +307,21 @@ def test_a_collected_group_tears_down_cleanly() -> None:
     # strict mode: the emulator would report a group destroyed with live sockets, or a leak
     out = run_case(COLLECTED_GROUP, "3.61")
     assert any("collected without close()" in m for m in out["warnings"])
+
+
+@pytest.mark.parametrize("layout", ["3.61", "3.60", "3.94"])
+def test_the_in_process_suite_under_another_layout(layout: str) -> None:
+    # tests/test_ultra.py runs in the emu pass under the default (legacy) layout; here under
+    # the other layouts' Ultra APIs, in strict mode
+    import subprocess
+
+    env = emu.environ(strict=True, layout=layout)
+    for key in ("PYXLIO_TEST_RESULTS", "PYXLIO_TEST_PROVIDER"):
+        env.pop(key, None)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "--provider=emu", os.path.join(here, "test_ultra.py")],
+                          env=env, capture_output=True, text=True, timeout=240,
+                          cwd=os.path.dirname(here))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
