@@ -465,6 +465,16 @@ cdef class PollGroup:
                 callbacks.append((c, fn))
         return callbacks
 
+    cdef int free_slot_of(self, pyxlio_urec_t *r) except -1:
+        """A TERMINATED record with no UltraSocket: free its slot if it is that socket's."""
+        cdef pyxlio_uslot_t *slot
+        self.lock()
+        slot = pyxlio_u_slot(self.g, r.userdata)
+        if slot != NULL and slot.handle == r.sock:
+            pyxlio_u_slot_free(self.g, r.userdata)
+        self.unlock()
+        return 0
+
     cdef int dispatch_event(self, pyxlio_urec_t *r) except -1:
         cdef UltraSocket sock = self.socket_of(r.userdata, r.sock)
         cdef int ev = r.event
@@ -472,9 +482,7 @@ cdef class PollGroup:
         if sock is None:
             self.unknown += 1
             if ev == PYXLIO_SOCKET_EVENT_TERMINATED:
-                self.lock()
-                pyxlio_u_slot_free(self.g, r.userdata)     # e.g. a refused accepted socket
-                self.unlock()
+                self.free_slot_of(r)            # e.g. an accepted socket destroyed at close
             return 0
         if ev == PYXLIO_SOCKET_EVENT_ESTABLISHED:
             if sock._state in ("new", "connecting"):
@@ -709,9 +717,7 @@ cdef class PollGroup:
                 if sock is not None:
                     callbacks.extend(self.forget(sock))
                 else:
-                    self.lock()
-                    pyxlio_u_slot_free(self.g, r.userdata)
-                    self.unlock()
+                    self.free_slot_of(&r)
 
     cdef list abandon_all(self):
         """The group is gone: every socket terminated, every send abandoned, every buffer
