@@ -45,7 +45,7 @@ cython_exts = [
         libraries=["dl"],
         depends=[ABI_HEADER],
     )
-    for name in ("_api", "_zcopy")
+    for name in ("_api", "_zcopy", "_ultra")
     if os.path.exists(os.path.join(HERE, "src", "pyxlio", f"{name}.pyx"))
 ]
 # pyxlio.perf's inner loops (the ping-pong client and the server): plain C over libc sockets.

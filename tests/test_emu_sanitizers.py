@@ -1,7 +1,7 @@
 """The emulator's C checks again under AddressSanitizer+UBSan and under valgrind (slow).
 
-Same table of cases and exit statuses as tests/test_emu_core.py; the runs must also be free of
-sanitizer reports and valgrind errors.
+Same tables of cases and exit statuses as tests/test_emu_core.py and tests/test_emu_ultra.py;
+the runs must also be free of sanitizer reports and valgrind errors.
 """
 
 from __future__ import annotations
@@ -81,6 +81,30 @@ def test_asan_ubsan_clean(asan_build: tuple[str, str, str], case: str, env: dict
     e["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=77"
     e["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:exitcode=78"
     r = emutest.run_case(check, lib, case, env=e, preload_prefix=libasan, timeout=120)
+    assert "ERROR: AddressSanitizer" not in r.err and "runtime error:" not in r.err, r.err
+    assert "ERROR: LeakSanitizer" not in r.err, r.err
+    assert r.rc == want, f"rc={r.rc}\n{r.out}\n{r.err}"
+    assert f"ok {case}" in r.out
+
+
+@pytest.fixture(scope="session")
+def asan_ultra_check(asan_build: tuple[str, str, str],
+                     tmp_path_factory: pytest.TempPathFactory) -> str:
+    """tests/emu/emu_ultra_check.c built with -fsanitize=address,undefined."""
+    d = tmp_path_factory.mktemp("emu-ultra-asan")
+    return emutest.build_ultra_check(str(d / "emu_ultra_check_asan"), SAN)
+
+
+@pytest.mark.parametrize("layout", emutest.ULTRA_LAYOUTS)
+@pytest.mark.parametrize(("case", "env", "want"), emutest.ULTRA_CASES,
+                         ids=[c[0] for c in emutest.ULTRA_CASES])
+def test_asan_ubsan_clean_ultra(asan_build: tuple[str, str, str], asan_ultra_check: str,
+                                case: str, env: dict[str, str], want: int, layout: str) -> None:
+    _, lib, libasan = asan_build
+    e = {"PYXLIO_EMU_LAYOUT": layout, **env}
+    e["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=77"
+    e["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:exitcode=78"
+    r = emutest.run_case(asan_ultra_check, lib, case, env=e, preload_prefix=libasan, timeout=240)
     assert "ERROR: AddressSanitizer" not in r.err and "runtime error:" not in r.err, r.err
     assert "ERROR: LeakSanitizer" not in r.err, r.err
     assert r.rc == want, f"rc={r.rc}\n{r.out}\n{r.err}"

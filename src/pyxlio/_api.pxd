@@ -1,5 +1,5 @@
 # cython: language_level=3
-from pyxlio._xlio cimport xlio_ops_t
+from pyxlio._xlio cimport xlio_ops_t, pyxlio_alloc_fn, pyxlio_free_fn
 
 # The resolved operations of the loaded XLIO (every member NULL when none is loaded).
 cdef const xlio_ops_t *get_ops() noexcept nogil
@@ -28,3 +28,16 @@ cdef int provider_started() noexcept nogil
 # allocator)?  Sticky.  While it has not, non-blocking provider calls keep the GIL.
 cdef bint provider_calls_python() noexcept nogil
 cdef void note_provider_calls_python() noexcept nogil
+
+# The user allocator (set_allocator's rules), for xlio_init_ex (pyxlio.ultra.init): check and
+# choose the C functions; install the Python pair before the call (the previous pair comes
+# back, to restore when XLIO refuses); say that XLIO accepted it.
+cdef str choose_allocator(object allocator, object free, pyxlio_alloc_fn *alloc_fn,
+                          pyxlio_free_fn *free_fn)
+cdef tuple install_python_allocator(object alloc, object free)
+cdef void restore_python_allocator(tuple previous) noexcept
+cdef void allocator_registered(str kind, int pools) noexcept
+# A C callback that wants Python: python_enter() says whether it may (0 once Python exits or
+# has finalized: then it must not take the GIL); python_leave() after.  See _api.pyx.
+cdef int python_enter() noexcept nogil
+cdef void python_leave() noexcept nogil

@@ -1315,6 +1315,59 @@ cdef void _free_builtin(void *p) noexcept nogil:
 _STARTERS = ("socket", "selectors", "asyncio", "subprocess", "ctypes.util")
 
 
+cdef str choose_allocator(object allocator, object free, pyxlio_alloc_fn *alloc_fn,
+                          pyxlio_free_fn *free_fn):
+    """Check `allocator`/`free` as set_allocator() does and give the C functions XLIO is to
+    call; the kind: "hugepages", "aligned" or "python".  Nothing is installed yet."""
+    if isinstance(allocator, str):
+        if free is not None:
+            raise TypeError("free is only for a Python alloc callable, not with a built-in "
+                            f"allocator ({allocator!r})")
+        if allocator == "hugepages":
+            alloc_fn[0], free_fn[0] = _alloc_hugepages, _free_builtin
+        elif allocator == "aligned":
+            alloc_fn[0], free_fn[0] = _alloc_aligned, _free_builtin
+        else:
+            raise ValueError(f"unknown allocator {allocator!r}: use 'hugepages', 'aligned' or "
+                             "a callable alloc(size) -> address with free(address)")
+        return allocator
+    if callable(allocator):
+        if not callable(free):
+            raise TypeError("a Python allocator needs free: a callable free(address)")
+        alloc_fn[0], free_fn[0] = _alloc_trampoline, _free_trampoline
+        return "python"
+    raise TypeError(f"allocator must be 'hugepages', 'aligned' or a callable, not "
+                    f"{type(allocator).__name__}")
+
+
+cdef tuple install_python_allocator(object alloc, object free):
+    """Make alloc/free the Python pair the trampolines call; the previous pair comes back."""
+    global _py_alloc, _py_free
+    previous = (_py_alloc, _py_free)
+    _py_alloc, _py_free = alloc, free
+    return previous
+
+
+cdef void restore_python_allocator(tuple previous) noexcept:
+    global _py_alloc, _py_free
+    _py_alloc, _py_free = previous
+
+
+cdef void allocator_registered(str kind, int pools) noexcept:
+    """XLIO accepted the allocator: allocator_state() reports it from now on."""
+    _allocator["kind"] = kind
+    _allocator["pools"] = AllocTarget(pools)
+
+
+cdef int python_enter() noexcept nogil:
+    """A C callback may enter Python now (not once Python exits): see pyxlio_py_enter."""
+    return pyxlio_py_enter()
+
+
+cdef void python_leave() noexcept nogil:
+    pyxlio_py_leave()
+
+
 def set_allocator(allocator: object = "hugepages", free: object = None, *,
                   pools: int = AllocTarget.BOTH) -> None:
     """Register a user allocator for XLIO's buffer pools (must run before XLIO starts).
@@ -1349,41 +1402,20 @@ def set_allocator(allocator: object = "hugepages", free: object = None, *,
     ``ctypes.util`` already create an epoll.  Call it at the very top of the program, or set
     ``PYXLIO_ALLOCATOR=hugepages`` to have ``import pyxlio`` do it.
     """
-    global _py_alloc, _py_free
     if isinstance(pools, bool) or not isinstance(pools, int):
         raise TypeError(f"pools must be a pyxlio.AllocTarget, not {type(pools).__name__}")
     if pools not in (1, 2, 3):
         raise ValueError(f"pools must be AllocTarget.RX, TX or BOTH, not {pools!r}")
     cdef pyxlio_alloc_fn alloc_fn
     cdef pyxlio_free_fn free_fn
-    if isinstance(allocator, str):
-        if free is not None:
-            raise TypeError("free is only for a Python alloc callable, not with a built-in "
-                            f"allocator ({allocator!r})")
-        if allocator == "hugepages":
-            alloc_fn, free_fn = _alloc_hugepages, _free_builtin
-        elif allocator == "aligned":
-            alloc_fn, free_fn = _alloc_aligned, _free_builtin
-        else:
-            raise ValueError(f"unknown allocator {allocator!r}: use 'hugepages', 'aligned' or "
-                             "a callable alloc(size) -> address with free(address)")
-        kind = allocator
-    elif callable(allocator):
-        if not callable(free):
-            raise TypeError("a Python allocator needs free: a callable free(address)")
-        alloc_fn, free_fn = _alloc_trampoline, _free_trampoline
-        kind = "python"
-    else:
-        raise TypeError(f"allocator must be 'hugepages', 'aligned' or a callable, not "
-                        f"{type(allocator).__name__}")
+    kind = choose_allocator(allocator, free, &alloc_fn, &free_fn)
     _require(<void *>OPS.ioctl, "ioctl")
 
     cdef unsigned char msg[64]
     cdef size_t length = pyxlio_build_user_alloc_cmsg(msg, <uint8_t>pools, alloc_fn, free_fn)
     if kind == "python":
         # Set before the call: XLIO may call alloc at any time once it has the message.
-        previous = (_py_alloc, _py_free)
-        _py_alloc, _py_free = allocator, free
+        previous = install_python_allocator(allocator, free)
     cdef int rc
     note_provider_calls_python()     # every allocator may reach Python (its reports do)
     set_errno(0)
@@ -1392,7 +1424,7 @@ def set_allocator(allocator: object = "hugepages", free: object = None, *,
     if rc != 0:
         err = errno or EINVAL
         if kind == "python":
-            _py_alloc, _py_free = previous
+            restore_python_allocator(previous)
         started = [m for m in _STARTERS if m in sys.modules]
         hint = (" already imported: " + ", ".join(started) + " (each starts XLIO)") if started else ""
         raise XlioError(
@@ -1404,8 +1436,7 @@ def set_allocator(allocator: object = "hugepages", free: object = None, *,
             "`import pyxlio` does it" + hint,
             "ioctl",
         )
-    _allocator["kind"] = kind
-    _allocator["pools"] = AllocTarget(pools)
+    allocator_registered(kind, pools)
 
 
 def allocator_state() -> dict[str, object]:

@@ -5,7 +5,7 @@ Nothing here but declarations: every class and wrapper lives in the .pyx modules
 function-pointer type is ``nogil`` so the receive and free loops can call it without the GIL.
 """
 
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, uintptr_t
 from posix.types cimport pid_t
 
 
@@ -208,3 +208,128 @@ cdef extern from *:
     static inline void pyxlio_set_errno(int v) { errno = v; }
     """
     void set_errno "pyxlio_set_errno"(int v) nogil
+
+
+# ---- the Ultra API (cap bit 13): the 16-member socket API of 3.30.3-3.51.x / 3.94x and the
+# 23-member Ultra API of 3.60+ (xlio_abi.h, "the Ultra API").  Handles are uintptr_t.
+cdef extern from "pyxlio/xlio_abi.h" nogil:
+    ctypedef uintptr_t pyxlio_poll_group_t
+    ctypedef uintptr_t pyxlio_xsock_t
+    ctypedef struct pyxlio_xbuf_t:
+        uint64_t userdata
+
+    int PYXLIO_SOCKET_EVENT_ESTABLISHED
+    int PYXLIO_SOCKET_EVENT_TERMINATED
+    int PYXLIO_SOCKET_EVENT_CLOSED
+    int PYXLIO_SOCKET_EVENT_ERROR
+    unsigned PYXLIO_GROUP_FLAG_SAFE
+    unsigned PYXLIO_GROUP_FLAG_DIRTY
+    unsigned PYXLIO_SOCKET_SEND_FLAG_FLUSH
+    unsigned PYXLIO_SOCKET_SEND_FLAG_INLINE
+    size_t PYXLIO_POLL_GROUP_ATTR_SIZE_SOCKET_API
+    size_t PYXLIO_POLL_GROUP_ATTR_SIZE_ULTRA
+
+    ctypedef void (*pyxlio_memory_cb_t)(void *addr, size_t len, size_t hugepage_size) noexcept nogil
+    ctypedef void (*pyxlio_socket_event_cb_t)(pyxlio_xsock_t sock, uintptr_t userdata_sq,
+                                              int event, int value) noexcept nogil
+    ctypedef void (*pyxlio_socket_comp_cb_t)(pyxlio_xsock_t sock, uintptr_t userdata_sq,
+                                             uintptr_t userdata_op) noexcept nogil
+    ctypedef void (*pyxlio_socket_rx_cb_t)(pyxlio_xsock_t sock, uintptr_t userdata_sq, void *data,
+                                           size_t len, pyxlio_xbuf_t *buf) noexcept nogil
+    ctypedef void (*pyxlio_socket_accept_cb_t)(pyxlio_xsock_t sock, pyxlio_xsock_t parent,
+                                               uintptr_t parent_userdata_sq) noexcept nogil
+
+    ctypedef struct pyxlio_init_attr_t:
+        unsigned flags
+        pyxlio_memory_cb_t memory_cb
+        pyxlio_alloc_fn memory_alloc
+        pyxlio_free_fn memory_free
+    ctypedef struct pyxlio_poll_group_attr_t:
+        unsigned flags
+        pyxlio_socket_event_cb_t socket_event_cb
+        pyxlio_socket_comp_cb_t socket_comp_cb
+        pyxlio_socket_rx_cb_t socket_rx_cb
+        pyxlio_socket_accept_cb_t socket_accept_cb
+    ctypedef struct pyxlio_socket_attr_t:
+        unsigned flags
+        int domain
+        pyxlio_poll_group_t group
+        uintptr_t userdata_sq
+    ctypedef struct pyxlio_socket_send_attr_t:
+        unsigned flags
+        uint32_t mkey
+        uintptr_t userdata_op
+
+    ctypedef int (*pyxlio_u_init_ex_fn)(const pyxlio_init_attr_t *attr) nogil
+    ctypedef int (*pyxlio_u_exit_fn)() nogil
+    ctypedef int (*pyxlio_u_group_create_fn)(const pyxlio_poll_group_attr_t *attr,
+                                             pyxlio_poll_group_t *group_out) nogil
+    ctypedef int (*pyxlio_u_group_destroy_fn)(pyxlio_poll_group_t group) nogil
+    ctypedef void (*pyxlio_u_group_poll_fn)(pyxlio_poll_group_t group) nogil
+    ctypedef int (*pyxlio_u_socket_create_fn)(const pyxlio_socket_attr_t *attr,
+                                              pyxlio_xsock_t *sock_out) nogil
+    ctypedef int (*pyxlio_u_socket_destroy_fn)(pyxlio_xsock_t sock) nogil
+    ctypedef int (*pyxlio_u_socket_update_fn)(pyxlio_xsock_t sock, unsigned flags,
+                                              uintptr_t userdata_sq) nogil
+    ctypedef int (*pyxlio_u_setsockopt_fn)(pyxlio_xsock_t sock, int level, int optname,
+                                           const void *optval, socklen_t optlen) nogil
+    ctypedef int (*pyxlio_u_sockname_fn)(pyxlio_xsock_t sock, sockaddr *addr,
+                                         socklen_t *addrlen) nogil
+    ctypedef int (*pyxlio_u_bind_fn)(pyxlio_xsock_t sock, const sockaddr *addr,
+                                     socklen_t addrlen) nogil
+    ctypedef int (*pyxlio_u_listen_fn)(pyxlio_xsock_t sock) nogil
+    ctypedef void *(*pyxlio_u_get_pd_fn)(pyxlio_xsock_t sock) nogil
+    ctypedef int (*pyxlio_u_detach_group_fn)(pyxlio_xsock_t sock) nogil
+    ctypedef int (*pyxlio_u_attach_group_fn)(pyxlio_xsock_t sock, pyxlio_poll_group_t group) nogil
+    ctypedef int (*pyxlio_u_send_fn)(pyxlio_xsock_t sock, const void *data, size_t len,
+                                     const pyxlio_socket_send_attr_t *attr) nogil
+    ctypedef int (*pyxlio_u_sendv_fn)(pyxlio_xsock_t sock, const iovec *iov, unsigned iovcnt,
+                                      const pyxlio_socket_send_attr_t *attr) nogil
+    ctypedef void (*pyxlio_u_group_flush_fn)(pyxlio_poll_group_t group) nogil
+    ctypedef void (*pyxlio_u_socket_flush_fn)(pyxlio_xsock_t sock) nogil
+    ctypedef void (*pyxlio_u_socket_buf_free_fn)(pyxlio_xsock_t sock, pyxlio_xbuf_t *buf) nogil
+    ctypedef void (*pyxlio_u_group_buf_free_fn)(pyxlio_poll_group_t group,
+                                                pyxlio_xbuf_t *buf) nogil
+
+    ctypedef enum pyxlio_ultra_kind_t:
+        PYXLIO_ULTRA_NONE
+        PYXLIO_ULTRA_SOCKET_API
+        PYXLIO_ULTRA_API
+
+    # NULL where the loaded layout has no such member (exit, update, getsockname, getpeername,
+    # listen, detach_group, attach_group in the 16-member API).
+    ctypedef struct pyxlio_ultra_ops_t:
+        int kind
+        size_t group_attr_size
+        pyxlio_u_init_ex_fn init_ex
+        pyxlio_u_exit_fn exit
+        pyxlio_u_group_create_fn group_create
+        pyxlio_u_group_destroy_fn group_destroy
+        pyxlio_u_group_poll_fn group_poll
+        pyxlio_u_socket_create_fn socket_create
+        pyxlio_u_socket_destroy_fn socket_destroy
+        pyxlio_u_socket_update_fn socket_update
+        pyxlio_u_setsockopt_fn setsockopt
+        pyxlio_u_sockname_fn getsockname
+        pyxlio_u_sockname_fn getpeername
+        pyxlio_u_bind_fn bind
+        pyxlio_u_bind_fn connect
+        pyxlio_u_listen_fn listen
+        pyxlio_u_get_pd_fn get_pd
+        pyxlio_u_detach_group_fn detach_group
+        pyxlio_u_attach_group_fn attach_group
+        pyxlio_u_send_fn send
+        pyxlio_u_sendv_fn sendv
+        pyxlio_u_group_flush_fn group_flush
+        pyxlio_u_socket_flush_fn socket_flush
+        pyxlio_u_socket_buf_free_fn socket_buf_free
+        pyxlio_u_group_buf_free_fn group_buf_free
+    # Fill `u` from the xlio_api_t at `api` (never a vma_api_t); returns the kind.
+    int pyxlio_resolve_ultra_ops(const void *api, pyxlio_ultra_ops_t *u)
+
+    # memory registration (libibverbs, resolved at run time; verbs.h is never included)
+    ctypedef void *(*pyxlio_ibv_reg_mr_fn)(void *pd, void *addr, size_t length, int access) nogil
+    ctypedef int (*pyxlio_ibv_dereg_mr_fn)(void *mr) nogil
+    int PYXLIO_IBV_MR_LKEY_OFFSET
+    int PYXLIO_IBV_ACCESS_LOCAL_WRITE
+    uint32_t pyxlio_ibv_mr_lkey(const void *mr)

@@ -16,8 +16,11 @@ __all__ = [
     "MSG_ZCOPY_FORCE",
     "AllocTarget",
     "Capability",
+    "GroupFlag",
     "Layout",
     "LogLevel",
+    "SocketEvent",
+    "UltraKind",
     "Verdict",
 ]
 
@@ -182,3 +185,32 @@ class TimestampSource(_NamedInt):
     KERNEL = 1
     #: the NIC's raw hardware stamp (SO_TIMESTAMPING), in the NIC's clock
     HARDWARE = 2
+
+
+class UltraKind(_NamedInt):
+    """Which Ultra API the loaded XLIO has (:func:`pyxlio.ultra.kind`): its member count."""
+
+    NONE = 0  #: none (no XLIO, libvma, or a layout without cap bit 13)
+    #: the 16-member "socket API" of libxlio 3.30.3-3.51.x and 3.94x: no listen, no
+    #: getsockname/getpeername, no accept callback
+    SOCKET_API = 16
+    ULTRA = 23  #: the 23-member "XLIO Ultra API" of libxlio 3.60 and later
+
+
+class SocketEvent(_NamedInt):
+    """An Ultra socket's events (XLIO_SOCKET_EVENT_*), given to ``on_event``."""
+
+    ESTABLISHED = 1  #: the connection is up (connect() succeeded)
+    TERMINATED = 2  #: the last event: XLIO forgets the socket
+    CLOSED = 3  #: the peer closed the connection (passive close)
+    ERROR = 4  #: an error; its value is the errno (ECONNREFUSED, ECONNRESET, ETIMEDOUT...)
+
+
+class GroupFlag(_NamedFlag):
+    """Poll group flags (XLIO_GROUP_FLAG_*)."""
+
+    #: XLIO locks the group's sockets and rings whatever its configuration (pyxlio serialises
+    #: every call on a group under its own mutex anyway)
+    SAFE = 1
+    #: sends without ``flush`` stay queued until :meth:`pyxlio.ultra.PollGroup.flush`
+    DIRTY = 2

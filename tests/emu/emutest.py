@@ -186,6 +186,37 @@ CASES: list[tuple[str, dict[str, str], int]] = [
 ]
 
 
+ULTRA_CHECK_C = os.path.join(HERE, "emu_ultra_check.c")
+#: the layouts the Ultra checks run under: the 16-member socket API (3.51, 3.94) and the
+#: 23-member Ultra API (3.60, 3.61)
+ULTRA_LAYOUTS = ["3.51", "3.61", "3.60", "3.94"]
+#: emu_ultra_check cases: (case, environment, exit status under strict mode), each run under
+#: every layout of ULTRA_LAYOUTS
+ULTRA_CASES: list[tuple[str, dict[str, str], int]] = [
+    ("echo", {}, 0),
+    ("events", {}, 0),
+    ("flush", {}, 0),
+    ("listen", {}, 0),
+    ("many", {}, 0),
+    ("init-fresh", {}, 0),
+    ("init-started", {}, 0),
+    ("passthrough", {"PYXLIO_EMU_OFFLOAD": "none"}, 0),
+    ("misuse", {}, STRICT_EXIT),
+    ("before-init", {}, STRICT_EXIT),
+    ("leaks", {}, STRICT_EXIT),
+]
+
+
+def build_ultra_check(out: str, extra: list[str] | None = None) -> str:
+    """Compile tests/emu/emu_ultra_check.c into ``out``."""
+    cc = gcc()
+    assert cc is not None
+    cmd = [cc, "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", "-I", INCLUDE,
+           *(extra or []), ULTRA_CHECK_C, "-o", out, "-ldl", "-lpthread"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
 def python_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """An environment whose Python finds the same ``pyxlio.emu`` as this process."""
     emu = load_emu()

@@ -16,8 +16,11 @@ default):
     ``3.60`` (232 bytes, cap_mask 0x2819: add_conf_rule, thread_offload, dump_fd_stats,
     register_recv_callback, no zero-copy receive, no free call: a HOLD packet is never given
     back), ``3.61`` (3.61-3.70, 224 bytes, cap_mask 0x2818: no callback) or ``3.94`` (the 3.94x
-    DOCA branch, 176 bytes, cap_mask 0x3818: ioctl and dummy sends, no callback).  The Ultra and
-    socket API members answer -1/EOPNOTSUPP.  Dummy sends (flag 0x400) exist in the legacy and
+    DOCA branch, 176 bytes, cap_mask 0x3818: ioctl and dummy sends, no callback).  The TCP
+    Ultra API (3.60, 3.61: 23 members) and socket API (legacy, 3.94: 16 members) are served over
+    kernel TCP sockets with each release's event order and errors (emu_ultra.c says which), and
+    the emulator exports ``ibv_reg_mr``/``ibv_dereg_mr`` for its own protection domain (the
+    zero-copy sends' memory keys).  Dummy sends (flag 0x400) exist in the legacy and
     3.94 layouts only; in 3.60 and 3.61 the flag is the kernel's MSG_SYN and the datagram is
     sent for real, as there.  ``vma`` answers as libvma 9.8.84 instead (the fact sheet's
     section 11): ``getsockopt(-1, SOL_SOCKET, 2800)`` gives its ``struct vma_api_t`` (168

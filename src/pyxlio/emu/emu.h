@@ -345,6 +345,14 @@ extern EMU_HIDDEN atomic_int emu_user_alloc_set;
 extern EMU_HIDDEN pyxlio_alloc_fn emu_user_alloc;
 extern EMU_HIDDEN pyxlio_free_fn emu_user_free;
 
+/* ---- the Ultra API and the socket API (emu_ultra.c) ------------------------------------- */
+/* write the members, in the release's order, into a table of 16 (socket API: legacy, 3.94x)
+ * or 23 (Ultra API: 3.60, 3.61+) pointers */
+EMU_HIDDEN void emu_ultra_fill_socket_api(void *members);
+EMU_HIDDEN void emu_ultra_fill_ultra_api(void *members);
+EMU_HIDDEN void emu_ultra_exit_report(void);   /* buffers, groups, sockets, completions left */
+EMU_HIDDEN void emu_ultra_fork_child(void);
+
 /* misc helpers */
 EMU_HIDDEN size_t emu_copy_to_iov(const struct iovec *iov, int iovcnt, const emu_pkt_t *p, size_t skip_none);
 EMU_HIDDEN void emu_fmt_addr(const struct sockaddr *sa, socklen_t len, char *out, size_t outlen);

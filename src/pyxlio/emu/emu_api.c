@@ -470,7 +470,7 @@ static int api_unsupported(void) {
  * One per layout, as the fact sheet (section 2) gives them and each release's
  * src/core/xlio_extra.h and src/core/sock/sock-extra.cpp (extra_api) set them: 3.51.1, 3.60.4,
  * 3.61.2, 3.940.2.  The Ultra API (3.60+, 23 members) and the socket API (legacy 3.30.3+ and
- * 3.94x, 16 members) are not emulated: their members answer -1/EOPNOTSUPP. */
+ * 3.94x, 16 members) are served by emu_ultra.c. */
 #define EMU_ULTRA_MEMBERS 23
 #define EMU_SOCKET_API_MEMBERS 16
 
@@ -506,7 +506,6 @@ static emu_api394_t g_api_394;
 static pthread_once_t g_api_once = PTHREAD_ONCE_INIT;
 
 static void api_build(void) {
-    void *unsupported = (void *)api_unsupported;
     pyxlio_api_legacy_t *a = &g_api_legacy;
     a->magic = PYXLIO_XLIO_MAGIC;
     a->cap_mask = CAPS_LEGACY;
@@ -523,7 +522,7 @@ static void api_build(void) {
     a->socketxtreme_free_packets = api_unsupported;
     a->socketxtreme_ref_buff = api_unsupported;
     a->socketxtreme_free_buff = api_unsupported;
-    for (int i = 0; i < EMU_SOCKET_API_MEMBERS; i++) a->socket_api[i] = unsupported;
+    emu_ultra_fill_socket_api(a->socket_api);
 
     emu_api360_t *b = &g_api_360;
     b->h.magic = PYXLIO_XLIO_MAGIC;
@@ -532,7 +531,7 @@ static void api_build(void) {
     b->h.thread_offload = api_thread_offload;
     b->h.dump_fd_stats = api_dump_fd_stats;
     b->h.register_recv_callback = api_register_recv_callback;
-    for (int i = 0; i < EMU_ULTRA_MEMBERS; i++) b->ultra[i] = unsupported;
+    emu_ultra_fill_ultra_api(b->ultra);
 
     emu_api361_t *c = &g_api_361;
     c->h.magic = PYXLIO_XLIO_MAGIC;
@@ -540,7 +539,7 @@ static void api_build(void) {
     c->h.add_conf_rule = api_add_conf_rule;
     c->h.thread_offload = api_thread_offload;
     c->h.dump_fd_stats = api_dump_fd_stats;
-    for (int i = 0; i < EMU_ULTRA_MEMBERS; i++) c->ultra[i] = unsupported;
+    emu_ultra_fill_ultra_api(c->ultra);
 
     emu_api394_t *d = &g_api_394;
     d->h.magic = PYXLIO_XLIO_MAGIC;
@@ -549,7 +548,7 @@ static void api_build(void) {
     d->h.thread_offload = api_thread_offload;
     d->h.dump_fd_stats = api_dump_fd_stats;
     d->h.ioctl = api_ioctl;
-    for (int i = 0; i < EMU_SOCKET_API_MEMBERS; i++) d->socket_api[i] = unsupported;
+    emu_ultra_fill_socket_api(d->socket_api);
 }
 
 /* libvma 9.8.84's struct vma_api_t (fact sheet section 11): no magic, the members from 0, the

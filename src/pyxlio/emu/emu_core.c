@@ -328,6 +328,7 @@ static void atfork_child(void) {
     emu_pool_fork_child();
     emu_sock_fork_child();
     emu_rules_fork_child();
+    emu_ultra_fork_child();
     atomic_store(&emu_nviolations, 0);
     emu_vlog("fork: child %d drops the parent's outstanding packets", (int)emu_pid);
 }
@@ -371,7 +372,10 @@ __attribute__((constructor)) static void emu_ctor(void) {
 /* At exit (after the program's own atexit handlers and destructors): the leak report. */
 __attribute__((destructor)) static void emu_dtor(void) {
     if (emu_pid != getpid()) return; /* a vfork child or a raw clone: not our state */
-    if (atomic_load(&emu_inited)) emu_sock_exit_report();
+    if (atomic_load(&emu_inited)) {
+        emu_sock_exit_report();
+        emu_ultra_exit_report();
+    }
     unsigned long nv = atomic_load(&emu_nviolations);
     if (nv && emu_conf.strict) {
         emu_log("strict mode: %lu contract violation(s) or leak(s): exit status %d", nv,
