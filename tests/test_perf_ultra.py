@@ -152,7 +152,10 @@ def test_ultra_client_on_the_socket_api_layout() -> None:
         rep = srv.stop()
     assert res["valid_received"] == 200 and res["dropped"] == 0
     assert tp["sent"] == 5000
-    assert rep["received"] == res["sent"] + 5000
+    # The socket API's destroy resets the connection at once (libxlio 3.51.1, as the emulator
+    # does): throughput's last messages, still queued when the client closes, may be lost.
+    assert res["sent"] < rep["received"] <= res["sent"] + 5000
+    assert rep["bytes"] == 14 * rep["received"]
     done = refused("server", "-p", "0", *ULTRA, layout="3.51")
     assert done.returncode == 2, done.stderr
     assert "the server needs listen" in done.stderr and "SOCKET_API" in done.stderr

@@ -42,8 +42,9 @@ __all__ = ["UltraConnection", "UltraReceiver", "run_server", "unavailable_reason
 
 #: how long closing waits for XLIO's TERMINATED events
 CLOSE_WAIT_S = 2.0
-#: the client's sends poll the group once every this many sends (throughput: nothing else
-#: polls, and XLIO moves only when polled)
+#: throughput: the client's sends poll the group once every this many sends (nothing else
+#: polls there, and XLIO moves only when polled).  Not in ping-pong: a reply dispatched inside
+#: send(), before the loop has stamped the request's send time, would count as unknown.
 POLL_EVERY = 32
 
 
@@ -126,6 +127,7 @@ class UltraConnection:
         self.error = 0
         self.receiver: UltraReceiver | None = None
         self.sends = 0
+        self.poll_every = POLL_EVERY if cfg.mode == "throughput" else 0
         self.group = ultra.PollGroup(on_event=self._on_event, on_receive=self._on_receive)
         try:
             self.sock = self.group.socket(net.family_of(cfg))
@@ -178,9 +180,10 @@ class UltraConnection:
     def send(self, data: Any) -> int:
         """Send all of ``data`` (copied by XLIO at once) and push it out; returns its length."""
         self.sock.send(data)
-        self.sends += 1
-        if self.sends % POLL_EVERY == 0:
-            self.group.poll(0.0)
+        if self.poll_every:
+            self.sends += 1
+            if self.sends % self.poll_every == 0:
+                self.group.poll(0.0)
         return len(data)
 
     def sendto(self, data: Any, address: Any) -> int:
