@@ -423,15 +423,17 @@ def cmd_server(args: argparse.Namespace) -> int:
         print(f"this layout has the 16-member socket API ({ultra.kind()!r}): no listen, so no "
               "Ultra server (libxlio 3.60+ or the emulator's --layout 3.61 have one)")
         return 2
+    import signal
+
     server = EchoServer(ultra, args.host, args.port, args.zero_copy)
+    stop: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):     # poll() checks signals while it waits
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     print(f"echoing on {server.address[0]}:{server.address[1]} (Ultra API, "
           f"{'zero-copy' if args.zero_copy else 'copied'} sends); Ctrl-C stops", flush=True)
     end = time.monotonic() + args.seconds if args.seconds else 0.0
-    try:
-        while not end or time.monotonic() < end:
-            server.poll(0.1)
-    except KeyboardInterrupt:
-        pass
+    while not stop and (not end or time.monotonic() < end):
+        server.poll(0.1)
     for sock in list(server.conns):
         sock.close()
     server.settle(time.monotonic() + 5)

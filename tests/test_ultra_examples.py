@@ -95,6 +95,42 @@ def test_a_million_messages(layout: str) -> None:
     check(proc, 1_000_000, 64, layout, True)
 
 
+def test_server_and_clients() -> None:
+    """`server` (3.61, zero-copy echoes) and two `client` processes (zero-copy and copied
+    sends), the server stopped by SIGINT (Ctrl-C) and reporting every buffer and completion."""
+    import select
+    import signal
+
+    from pyxlio import emu
+
+    env = emu.environ(strict=True, base={k: v for k, v in os.environ.items()
+                                         if k != "LD_PRELOAD" and not k.startswith("PYXLIO_EMU_")})
+    env["PYXLIO_EMU_LAYOUT"] = "3.61"
+    srv = subprocess.Popen([sys.executable, str(EXAMPLE), "server", "--port", "0", "--zero-copy"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert srv.stdout is not None
+        line = srv.stdout.readline() if select.select([srv.stdout], [], [], 20)[0] else ""
+        m = re.search(r"echoing on 127\.0\.0\.1:(\d+) \(Ultra API, zero-copy sends\)", line)
+        assert m is not None, line
+        for extra in (["--zero-copy"], ["--size", "1000", "--count", "3000"]):
+            proc = run(["client", "--port", m[1], "--count", "20000", *extra], "3.61")
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            assert " echoed, 0 wrong" in proc.stdout
+        srv.send_signal(signal.SIGINT)
+        out, err = srv.communicate(timeout=20)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.communicate()
+    assert srv.returncode == 0, out + err
+    assert f"server: 2 connection(s), {20000 * 64 + 3000 * 1000:,} bytes echoed" in out
+    m = re.search(r"server: buffers: ([\d,]+) received, ([\d,]+) returned; zero-copy sends: "
+                  r"([\d,]+), completions: ([\d,]+)", out)
+    assert m is not None, out
+    assert m[1] == m[2] and m[3] == m[4] and num(m[3]) > 0, out
+
+
 def test_server_refused_without_listen() -> None:
     proc = run(["server", "--port", "0", "--seconds", "1"], "3.51")
     assert proc.returncode == 2, proc.stdout + proc.stderr
