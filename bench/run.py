@@ -32,8 +32,9 @@ memory    RSS before and after ten million datagrams received from the feed.
 ultra     XLIO's Ultra API against the socket path, TCP over loopback under the emulator (layout
           3.61, busy-poll, server on core 0, client on core 1), in one run: 64-byte ping-pong
           half-RTT (``pyxlio.perf --recv-method ultra`` client and server vs the socket path's
-          stdlib and batch clients and server) and throughput (the server's received messages
-          per second, Ultra server vs socket server, both fed by the same stdlib client).
+          stdlib and batch clients and server; ratio to stdlib --python-loop, the same kind of
+          loop) and throughput: received messages per second (Ultra server vs socket server,
+          fed by the same stdlib client) and sent (ultra vs stdlib client, both Python loops).
 
 Ratios: ``speed_vs_c = c_ns / ns`` (1.0 = as fast as C, higher is faster) and its inverse
 ``cost_vs_c = ns / c_ns`` (how many times C's cost).  Timing is reported, never asserted.
@@ -1263,52 +1264,65 @@ def section_ultra(R: Results, tools: dict[str, str], quick: bool) -> None:
     ref = next(name for name, _s, _c in pp_rows if "--python-loop" in name)
     out = _pp_table_ref(rows, ref, "path")
 
-    # Throughput: one stdlib client (compiled sends) feeds each server; the server's rate of
-    # received messages is the receive path's figure.
-    print("== ultra: TCP throughput, 64 B, the server's received messages per second", flush=True)
-    tp_rows = [("socket: stdlib server (compiled)", ["stdlib"]),
-               ("socket: stdlib server --python-loop", ["stdlib", "--python-loop"]),
-               ("socket: batch server (Python loop)", ["batch"]),
-               ("ultra: ultra server (Python loop)", ["ultra"])]
+    # Throughput (the client's loop is Python for every method there): the receive path is the
+    # server's rate of received messages, each server fed by the same stdlib client; the send
+    # path is the client's rate, stdlib and ultra clients against the compiled stdlib server.
+    print("== ultra: TCP throughput, 64 B: servers' received and clients' sent messages per "
+          "second", flush=True)
+    tp_rows = [("socket: stdlib client -> stdlib server (compiled)", ["stdlib"], "stdlib"),
+               ("socket: stdlib client -> stdlib server --python-loop",
+                ["stdlib", "--python-loop"], "stdlib"),
+               ("socket: stdlib client -> batch server", ["batch"], "stdlib"),
+               ("ultra: stdlib client -> ultra server", ["ultra"], "stdlib"),
+               ("ultra: ultra client -> stdlib server (compiled)", ["stdlib"], "ultra"),
+               ("ultra: ultra client -> ultra server", ["ultra"], "ultra")]
     if quick:
-        tp_rows = [tp_rows[1], tp_rows[3]]
+        tp_rows = [tp_rows[0], tp_rows[1], tp_rows[3], tp_rows[4]]
     tp: dict[str, list[JSONDict]] = {}
     for _ in range(reps):
-        for name, smethod in tp_rows:
+        for name, smethod, cmethod in tp_rows:
             with _PerfServer([*pin_s, *perf, "server", "--tcp", "-i", "127.0.0.1", "-p", "0",
                               "--busy-poll", "--json", "-q", "--recv-method", *smethod],
                              env) as srv:
                 cres = _perf_json([*pin_c, *perf, "throughput", "--tcp", "-i", "127.0.0.1", "-p",
-                                   str(srv.port), "-m", "64", "-t", str(secs), "--json", "-q"],
-                                  env)
+                                   str(srv.port), "-m", "64", "-t", str(secs), "--json", "-q",
+                                   "--recv-method", cmethod], env)
                 sres = srv.stop()
             tp.setdefault(name, []).append({
                 "server_msg_per_s": round(sres["msg_per_s"]), "received": sres["received"],
                 "client_sent": cres["sent"], "client_msg_per_s": cres["msg_per_s"]})
-    tref = next(name for name, _s in tp_rows if "--python-loop" in name)
-    base = _med([r["server_msg_per_s"] for r in tp[tref]])
+    rx_ref = tp_rows[1][0]     # the socket server in a Python loop, as the Ultra server's
+    tx_ref = tp_rows[0][0]     # the stdlib client (a Python loop, as the Ultra client's)
+    rx_base = _med([r["server_msg_per_s"] for r in tp[rx_ref]])
+    tx_base = _med([r["client_msg_per_s"] for r in tp[tx_ref]])
     tout: list[JSONDict] = []
     for name, runs in tp.items():
-        rate = _med([r["server_msg_per_s"] for r in runs])
-        tout.append({"server": name, "server_msg_per_s": round(rate),
-                     "vs_ref": round(rate / base, 4), "ref": tref, "runs": runs})
-        print(f"  {name:<44} {rate / 1e3:9.1f} k msg/s  {rate / base:6.3f}x {tref.split(':')[0]}",
-              flush=True)
+        rx = _med([r["server_msg_per_s"] for r in runs])
+        tx = _med([r["client_msg_per_s"] for r in runs])
+        tout.append({"row": name, "server_msg_per_s": round(rx), "server_vs_ref": round(
+            rx / rx_base, 4), "client_msg_per_s": round(tx), "client_vs_ref": round(
+            tx / tx_base, 4), "server_ref": rx_ref, "client_ref": tx_ref, "runs": runs})
+        print(f"  {name:<52} server {rx / 1e3:7.1f} k/s {rx / rx_base:6.3f}x   client "
+              f"{tx / 1e3:7.1f} k/s {tx / tx_base:6.3f}x", flush=True)
     R.sections["ultra_pingpong"] = out
     R.sections["ultra_throughput"] = tout
     # Ratios, not targets: the issue sets no goal for them.
     up = next(o for o in out if o["path"].startswith("ultra"))
-    ut = next(o for o in tout if o["server"].startswith("ultra"))
+    urx = next(o for o in tout if o["row"] == "ultra: stdlib client -> ultra server")
+    utx = next(o for o in tout if o["row"] == "ultra: ultra client -> stdlib server (compiled)")
     R.sections["ultra_ratios"] = {
         "pingpong_p50_half_rtt_ultra_vs_socket": up["vs_ref"],
         "pingpong_p99_half_rtt_ultra_vs_socket": up["p99_vs_ref"],
-        "throughput_server_msg_per_s_ultra_vs_socket": ut["vs_ref"],
-        "reference_pingpong": ref, "reference_throughput": tref,
+        "throughput_rx_msg_per_s_ultra_vs_socket": urx["server_vs_ref"],
+        "throughput_tx_msg_per_s_ultra_vs_socket": utx["client_vs_ref"],
+        "reference_pingpong": ref, "reference_rx": rx_ref, "reference_tx": tx_ref,
         "meaning": "ping-pong: Ultra half-RTT / socket half-RTT (below 1: Ultra faster); "
-                   "throughput: Ultra server's received msg/s / socket server's (above 1: "
-                   "Ultra faster); medians over runs, one run of bench/run.py"}
+                   "throughput rx: the Ultra server's received msg/s / the socket server's, "
+                   "tx: the Ultra client's sent msg/s / the stdlib client's (above 1: Ultra "
+                   "faster); medians over runs, one run of bench/run.py"}
     print(f"  ratio Ultra/socket (Python loops both): ping-pong p50 half-RTT {up['vs_ref']:.3f}x, "
-          f"p99 {up['p99_vs_ref']:.3f}x; throughput msg/s {ut['vs_ref']:.3f}x", flush=True)
+          f"p99 {up['p99_vs_ref']:.3f}x; throughput received {urx['server_vs_ref']:.3f}x, "
+          f"sent {utx['client_vs_ref']:.3f}x", flush=True)
 
 
 def _pp_table_ref(rows: dict[str, list[JSONDict]], ref: str, key: str) -> list[JSONDict]:
@@ -1448,8 +1462,8 @@ def markdown(doc: JSONDict) -> str:
         out += ["", f"Ultra path / socket path (emulator, TCP, 64 B): ping-pong p50 half-RTT "
                 f"{r['pingpong_p50_half_rtt_ultra_vs_socket']:.3f}x, p99 "
                 f"{r['pingpong_p99_half_rtt_ultra_vs_socket']:.3f}x (below 1: Ultra faster); "
-                f"throughput {r['throughput_server_msg_per_s_ultra_vs_socket']:.3f}x (above 1: "
-                "Ultra faster)."]
+                f"throughput received {r['throughput_rx_msg_per_s_ultra_vs_socket']:.3f}x, sent "
+                f"{r['throughput_tx_msg_per_s_ultra_vs_socket']:.3f}x (above 1: Ultra faster)."]
     if doc.get("ultra_pingpong"):
         ref = doc["ultra_pingpong"][0].get("ref", "?")
         out += ["", f"| ultra TCP ping-pong (64 B, busy-poll, emulator) | p50 half-RTT | vs {ref} "
@@ -1458,11 +1472,13 @@ def markdown(doc: JSONDict) -> str:
             out.append(f"| {r['path']} | {r['median_half_rtt_us']:.3f} us | {r['vs_ref']:.3f}x | "
                        f"{r['p99_half_rtt_us']:.3f} us | {r['p99_vs_ref']:.3f}x |")
     if doc.get("ultra_throughput"):
-        ref = doc["ultra_throughput"][0].get("ref", "?")
-        out += ["", "| ultra TCP throughput (64 B, emulator): server | received msg/s | "
-                f"vs {ref} |", "|---|---|---|"]
+        t0 = doc["ultra_throughput"][0]
+        out += ["", "| ultra TCP throughput (64 B, emulator) | server received msg/s | vs "
+                f"{t0['server_ref']} | client sent msg/s | vs {t0['client_ref']} |",
+                "|---|---|---|---|---|"]
         for r in doc["ultra_throughput"]:
-            out.append(f"| {r['server']} | {r['server_msg_per_s']:,} | {r['vs_ref']:.3f}x |")
+            out.append(f"| {r['row']} | {r['server_msg_per_s']:,} | {r['server_vs_ref']:.3f}x | "
+                       f"{r['client_msg_per_s']:,} | {r['client_vs_ref']:.3f}x |")
     if doc.get("memory"):
         out += ["", "| memory: method | RSS before | RSS after | datagrams |",
                 "|---|---|---|---|"]
