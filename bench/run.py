@@ -1429,13 +1429,16 @@ def markdown(doc: JSONDict) -> str:
            f"kernel {m['kernel']}, Python {m['python']}, pyxlio {m['pyxlio_version']} "
            f"(commit {m.get('git_commit')}), {doc['elapsed_s']:.0f} s, load "
            f"{m['load_avg'][0]:.2f} -> {doc.get('load_avg_end', [0])[0]:.2f}.", "",
-           "| target | value | goal | met |", "|---|---|---|---|"]
+           ]
+    if doc["targets"]:
+        out += ["| target | value | goal | met |", "|---|---|---|---|"]
     for t in doc["targets"]:
         v = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         out.append(f"| {t['target']} | {v} | {t['goal']} | "
                    f"{ {True: 'yes', False: '**no**', None: 'n/a'}[t['met']] } |")
-    out += ["", "| figure | ns/datagram | C ns | speed vs C (median / best) | C reference |",
-            "|---|---|---|---|---|"]
+    if any("c_ns" in f for f in doc["figures"]):
+        out += ["", "| figure | ns/datagram | C ns | speed vs C (median / best) | C reference |",
+                "|---|---|---|---|---|"]
     for f in doc["figures"]:
         if "c_ns" in f:
             out.append(f"| {f['id']} | {f['ns_per_datagram']:.1f} | {f['c_ns']:.1f} | "
