@@ -316,31 +316,34 @@ cdef class PollGroup:
         cdef long got
         cdef int once
         cdef Py_ssize_t limit
+        cdef double seconds = 0.0
         self.check_open()
         if self.dispatching:
             if self.dispatch_thread == <long>PyThread_get_thread_ident():
                 raise RuntimeError("poll() called from one of the group's own handlers")
             raise RuntimeError("poll() is running on this group in another thread")
-        if isinstance(max_events, bool) or not isinstance(max_events, int):
-            raise TypeError(f"max_events must be an int, not {type(max_events).__name__}")
-        if max_events < 1:
-            raise ValueError(f"max_events must be at least 1, not {max_events}")
-        limit = max_events
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds or None, not "
-                                f"{type(timeout).__name__}")
-            if not timeout >= 0:
-                raise ValueError(f"timeout must be >= 0 (or None), not {timeout}")
-            if timeout > 1e9:
-                timeout = 1e9
-        once = 1 if timeout is not None and timeout == 0 else 0
+        # Claimed before anything that could run Python code (and so switch threads).
         self.dispatching = True
         self.dispatch_thread = <long>PyThread_get_thread_ident()
         try:
+            if isinstance(max_events, bool) or not isinstance(max_events, int):
+                raise TypeError(f"max_events must be an int, not {type(max_events).__name__}")
+            if max_events < 1:
+                raise ValueError(f"max_events must be at least 1, not {max_events}")
+            limit = max_events if max_events < DEFAULT_MAX_EVENTS * 1024 else DEFAULT_MAX_EVENTS * 1024
+            if timeout is not None:
+                if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                    raise TypeError(f"timeout must be a number of seconds or None, not "
+                                    f"{type(timeout).__name__}")
+                seconds = float(timeout)
+                if not seconds >= 0:
+                    raise ValueError(f"timeout must be >= 0 (or None), not {timeout}")
+                if seconds > 1e9:
+                    seconds = 1e9
+            once = 1 if timeout is not None and seconds == 0 else 0
             self.raise_losses()
             if timeout is not None:
-                until = pyxlio_u_now_ns() + <long long>(timeout * 1e9)
+                until = pyxlio_u_now_ns() + <long long>(seconds * 1e9)
             while True:
                 now = pyxlio_u_now_ns()
                 slice_end = now + POLL_SLICE_NS
