@@ -158,13 +158,20 @@ class EchoServer:
         c = self.counts
         c.buffers += 1
         with buf:
-            n = len(buf)
-            c.bytes += n
-            zc = sock.userdata
-            chunk = zc[0].alloc(n) if zc is not None else None
+            if not sock.closed:         # closed by us meanwhile: the rest of its bytes go
+                self.echo(sock, buf)
+        if buf.released:
+            c.returned += 1
+
+    def echo(self, sock: Any, buf: Any) -> None:
+        c = self.counts
+        n = len(buf)
+        zc = sock.userdata
+        chunk = zc[0].alloc(n) if zc is not None else None
+        try:
             if chunk is None:
-                # Copied by XLIO at once (also when the ring is full of sends still in
-                # flight: an echo never waits inside a handler).
+                # Copied by XLIO at once (also when the ring is full of sends still in flight:
+                # an echo never waits inside a handler).
                 sock.send(buf, flush=False)
                 c.inline_sends += 1
             else:
@@ -172,8 +179,12 @@ class EchoServer:
                 zc[0].buf[start:start + n] = buf
                 sock.send_zc(zc[1], start, n, flush=False, token=chunk)
                 c.zc_sends += 1
-        if buf.released:
-            c.returned += 1
+            c.bytes += n
+        except OSError as exc:          # the connection failed meanwhile: drop it
+            if chunk is not None:
+                zc[0].complete(chunk)   # never sent: its room is free again
+            c.errors.append(f"echo refused ({exc}): connection closed")
+            sock.close()
 
     def on_complete(self, sock: Any, token: Any) -> None:
         self.counts.completions += 1

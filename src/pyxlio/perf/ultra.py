@@ -273,12 +273,14 @@ def run_server(cfg: Config, stop: StopFlag, ready: Callable[[str, int], None] | 
             try:
                 with memoryview(buf) as view:
                     got = conn.framer.feed(view, conn.handler)
-            except WireError as exc:
-                # sockperf closes such a connection ("Message received was larger than
-                # expected, message ignored.")
+            except (WireError, OSError) as exc:
+                # A bad length field: sockperf closes such a connection ("Message received was
+                # larger than expected, message ignored."); a reply refused (the connection
+                # failed meanwhile): the same, as the socket server does.
                 if not quiet and progress is not None:
                     progress.write(f"pyxlio-perf: closing a connection: {exc}\n")
-                closed_conns[0] += 1
+                if isinstance(exc, WireError):
+                    closed_conns[0] += 1
                 del conns[sock]
                 sock.close()
                 return
