@@ -29,6 +29,12 @@ pingpong  64-byte busy-poll ping-pong on loopback against a C server (pxbench pp
           half-RTT; then the server side: pxbench's C client against ``python -m pyxlio.perf
           server --busy-poll`` vs against pxbench pp-server.
 memory    RSS before and after ten million datagrams received from the feed.
+ultra     XLIO's Ultra API against the socket path, TCP over loopback under the emulator (layout
+          3.61, busy-poll, server on core 0, client on core 1), in one run: 64-byte ping-pong
+          half-RTT (``pyxlio.perf --recv-method ultra`` client and server vs the socket path's
+          stdlib and batch clients and server; ratio to stdlib --python-loop, the same kind of
+          loop) and throughput: received messages per second (Ultra server vs socket server,
+          fed by the same stdlib client) and sent (ultra vs stdlib client, both Python loops).
 
 Ratios: ``speed_vs_c = c_ns / ns`` (1.0 = as fast as C, higher is faster) and its inverse
 ``cost_vs_c = ns / c_ns`` (how many times C's cost).  Timing is reported, never asserted.
@@ -1164,6 +1170,178 @@ def section_pingpong(R: Results, tools: dict[str, str], quick: bool) -> None:
              _val(sv, "vs_c"), "<=", 1.10, "x", "stdlib, compiled loop; median of medians")
 
 
+ULTRA_LAYOUT = "3.61"   # the emulator's Ultra API with listen (libxlio 3.61+)
+
+
+def _ultra_env() -> dict[str, str]:
+    env = child_env(True)
+    env["PYXLIO_EMU_LAYOUT"] = ULTRA_LAYOUT
+    return env
+
+
+def _perf_json(cmd: list[str], env: dict[str, str], timeout: float = 120) -> JSONDict:
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:8])}... failed ({p.returncode}): "
+                           f"{p.stderr.strip()[-1000:]}")
+    return _last_json(p.stdout)
+
+
+class _PerfServer:
+    """A ``python -m pyxlio.perf server -p 0 --json`` started with `env`: its port read from
+    its "listening on" line; ``stop()`` sends SIGINT (a user's Ctrl-C) and returns its JSON."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        import re
+
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        ready = select.select([self.proc.stderr], [], [], 30)[0]
+        line = self.proc.stderr.readline() if ready else ""
+        m = re.search(r"listening on TCP \S+:(\d+)", line)
+        if m is None:
+            self.kill()
+            raise RuntimeError(f"{' '.join(cmd[:8])}... did not start: {line!r}")
+        self.port = int(m[1])
+
+    def stop(self) -> JSONDict:
+        self.proc.send_signal(signal.SIGINT)
+        out, err = self.proc.communicate(timeout=30)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"pyxlio.perf server failed ({self.proc.returncode}): "
+                               f"{err[-1000:]}")
+        return _last_json(out)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+    def __enter__(self) -> _PerfServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+
+
+def section_ultra(R: Results, tools: dict[str, str], quick: bool) -> None:
+    """The Ultra API path vs the socket path, TCP under the emulator, measured in one run."""
+    print(f"== ultra: TCP over the emulator (layout {ULTRA_LAYOUT}), Ultra API vs socket path, "
+          "busy-poll, server on core 0, client on core 1", flush=True)
+    secs = 1.0 if quick else 2.0
+    reps = 2 if quick else 3
+    taskset = shutil.which("taskset")
+    pinned = taskset is not None and (os.cpu_count() or 1) > 1
+    pin_c = [taskset, "-c", str(RECEIVER_CPU)] if pinned and taskset else []
+    pin_s = [taskset, "-c", str(SENDER_CPU)] if pinned and taskset else []
+    env = _ultra_env()
+    perf = [sys.executable, "-m", "pyxlio.perf"]
+    # (row, server's --recv-method and flags, client's --recv-method and flags); rounds
+    # interleaved so that a change of load touches every row alike.
+    pp_rows = [
+        ("socket: stdlib client (compiled) / stdlib server (compiled)", ["stdlib"], ["stdlib"]),
+        ("socket: stdlib client / stdlib server, --python-loop",
+         ["stdlib", "--python-loop"], ["stdlib", "--python-loop"]),
+        ("socket: batch client / batch server (Python loops)", ["batch"], ["batch"]),
+        ("ultra: ultra client / ultra server (Python loops)", ["ultra"], ["ultra"]),
+    ]
+    if quick:
+        pp_rows = [pp_rows[1], pp_rows[3]]
+    rows: dict[str, list[JSONDict]] = {}
+    for _ in range(reps):
+        for name, smethod, cmethod in pp_rows:
+            with _PerfServer([*pin_s, *perf, "server", "--tcp", "-i", "127.0.0.1", "-p", "0",
+                              "--busy-poll", "--json", "-q", "--recv-method", *smethod],
+                             env) as srv:
+                res = _perf_json([*pin_c, *perf, "ping-pong", "--tcp", "-i", "127.0.0.1", "-p",
+                                  str(srv.port), "-m", "64", "--busy-poll", "-t", str(secs),
+                                  "--json", "-q", "--recv-method", *cmethod], env)
+                srv.stop()
+                _pp_row(name, rows, res)
+    # The reference: the socket path in the same kind of loop as the Ultra rows (Python).
+    ref = next(name for name, _s, _c in pp_rows if "--python-loop" in name)
+    out = _pp_table_ref(rows, ref, "path")
+
+    # Throughput (the client's loop is Python for every method there): the receive path is the
+    # server's rate of received messages, each server fed by the same stdlib client; the send
+    # path is the client's rate, stdlib and ultra clients against the compiled stdlib server.
+    print("== ultra: TCP throughput, 64 B: servers' received and clients' sent messages per "
+          "second", flush=True)
+    tp_rows = [("socket: stdlib client -> stdlib server (compiled)", ["stdlib"], "stdlib"),
+               ("socket: stdlib client -> stdlib server --python-loop",
+                ["stdlib", "--python-loop"], "stdlib"),
+               ("socket: stdlib client -> batch server", ["batch"], "stdlib"),
+               ("ultra: stdlib client -> ultra server", ["ultra"], "stdlib"),
+               ("ultra: ultra client -> stdlib server (compiled)", ["stdlib"], "ultra"),
+               ("ultra: ultra client -> ultra server", ["ultra"], "ultra")]
+    if quick:
+        tp_rows = [tp_rows[0], tp_rows[1], tp_rows[3], tp_rows[4]]
+    tp: dict[str, list[JSONDict]] = {}
+    for _ in range(reps):
+        for name, smethod, cmethod in tp_rows:
+            with _PerfServer([*pin_s, *perf, "server", "--tcp", "-i", "127.0.0.1", "-p", "0",
+                              "--busy-poll", "--json", "-q", "--recv-method", *smethod],
+                             env) as srv:
+                cres = _perf_json([*pin_c, *perf, "throughput", "--tcp", "-i", "127.0.0.1", "-p",
+                                   str(srv.port), "-m", "64", "-t", str(secs), "--json", "-q",
+                                   "--recv-method", cmethod], env)
+                sres = srv.stop()
+            tp.setdefault(name, []).append({
+                "server_msg_per_s": round(sres["msg_per_s"]), "received": sres["received"],
+                "client_sent": cres["sent"], "client_msg_per_s": cres["msg_per_s"]})
+    rx_ref = tp_rows[1][0]     # the socket server in a Python loop, as the Ultra server's
+    tx_ref = tp_rows[0][0]     # the stdlib client (a Python loop, as the Ultra client's)
+    rx_base = _med([r["server_msg_per_s"] for r in tp[rx_ref]])
+    tx_base = _med([r["client_msg_per_s"] for r in tp[tx_ref]])
+    tout: list[JSONDict] = []
+    for name, runs in tp.items():
+        rx = _med([r["server_msg_per_s"] for r in runs])
+        tx = _med([r["client_msg_per_s"] for r in runs])
+        tout.append({"row": name, "server_msg_per_s": round(rx), "server_vs_ref": round(
+            rx / rx_base, 4), "client_msg_per_s": round(tx), "client_vs_ref": round(
+            tx / tx_base, 4), "server_ref": rx_ref, "client_ref": tx_ref, "runs": runs})
+        print(f"  {name:<52} server {rx / 1e3:7.1f} k/s {rx / rx_base:6.3f}x   client "
+              f"{tx / 1e3:7.1f} k/s {tx / tx_base:6.3f}x", flush=True)
+    R.sections["ultra_pingpong"] = out
+    R.sections["ultra_throughput"] = tout
+    # Ratios, not targets: the issue sets no goal for them.
+    up = next(o for o in out if o["path"].startswith("ultra"))
+    urx = next(o for o in tout if o["row"] == "ultra: stdlib client -> ultra server")
+    utx = next(o for o in tout if o["row"] == "ultra: ultra client -> stdlib server (compiled)")
+    R.sections["ultra_ratios"] = {
+        "pingpong_p50_half_rtt_ultra_vs_socket": up["vs_ref"],
+        "pingpong_p99_half_rtt_ultra_vs_socket": up["p99_vs_ref"],
+        "throughput_rx_msg_per_s_ultra_vs_socket": urx["server_vs_ref"],
+        "throughput_tx_msg_per_s_ultra_vs_socket": utx["client_vs_ref"],
+        "reference_pingpong": ref, "reference_rx": rx_ref, "reference_tx": tx_ref,
+        "meaning": "ping-pong: Ultra half-RTT / socket half-RTT (below 1: Ultra faster); "
+                   "throughput rx: the Ultra server's received msg/s / the socket server's, "
+                   "tx: the Ultra client's sent msg/s / the stdlib client's (above 1: Ultra "
+                   "faster); medians over runs, one run of bench/run.py"}
+    print(f"  ratio Ultra/socket (Python loops both): ping-pong p50 half-RTT {up['vs_ref']:.3f}x, "
+          f"p99 {up['p99_vs_ref']:.3f}x; throughput received {urx['server_vs_ref']:.3f}x, "
+          f"sent {utx['client_vs_ref']:.3f}x", flush=True)
+
+
+def _pp_table_ref(rows: dict[str, list[JSONDict]], ref: str, key: str) -> list[JSONDict]:
+    """_pp_table's figures as ratios to one of the rows (not a C tool)."""
+    r50 = _med([x["median_us"] for x in rows[ref]])
+    r99 = _med([x["p99_us"] for x in rows[ref]])
+    out: list[JSONDict] = []
+    for name, runs in rows.items():
+        med = _med([x["median_us"] for x in runs])
+        p99 = _med([x["p99_us"] for x in runs])
+        out.append({key: name, "median_half_rtt_us": round(med, 3),
+                    "runs_median_us": [x["median_us"] for x in runs],
+                    "vs_ref": round(med / r50, 4), "p99_half_rtt_us": round(p99, 3),
+                    "p99_vs_ref": round(p99 / r99, 4), "ref": ref, "runs": runs})
+        print(f"  {name:<62} half-RTT p50 {med:7.3f} us {med / r50:6.3f}x   "
+              f"p99 {p99:7.3f} us {p99 / r99:6.3f}x", flush=True)
+    return out
+
+
 def section_memory(R: Results, tools: dict[str, str], quick: bool, base: int) -> None:
     print("== memory: RSS before/after ten million datagrams (feed, 64 B)", flush=True)
     feed = feed_spec(base)
@@ -1229,7 +1407,7 @@ def machine() -> JSONDict:
     }
 
 
-SECTIONS = ("feed", "drain", "live", "pingpong", "memory")
+SECTIONS = ("feed", "drain", "live", "pingpong", "memory", "ultra")
 
 
 def dump_compact(doc: JSONDict) -> str:
@@ -1251,13 +1429,16 @@ def markdown(doc: JSONDict) -> str:
            f"kernel {m['kernel']}, Python {m['python']}, pyxlio {m['pyxlio_version']} "
            f"(commit {m.get('git_commit')}), {doc['elapsed_s']:.0f} s, load "
            f"{m['load_avg'][0]:.2f} -> {doc.get('load_avg_end', [0])[0]:.2f}.", "",
-           "| target | value | goal | met |", "|---|---|---|---|"]
+           ]
+    if doc["targets"]:
+        out += ["| target | value | goal | met |", "|---|---|---|---|"]
     for t in doc["targets"]:
         v = "n/a" if t["value"] is None else f"{t['value']:.3f}"
         out.append(f"| {t['target']} | {v} | {t['goal']} | "
                    f"{ {True: 'yes', False: '**no**', None: 'n/a'}[t['met']] } |")
-    out += ["", "| figure | ns/datagram | C ns | speed vs C (median / best) | C reference |",
-            "|---|---|---|---|---|"]
+    if any("c_ns" in f for f in doc["figures"]):
+        out += ["", "| figure | ns/datagram | C ns | speed vs C (median / best) | C reference |",
+                "|---|---|---|---|---|"]
     for f in doc["figures"]:
         if "c_ns" in f:
             out.append(f"| {f['id']} | {f['ns_per_datagram']:.1f} | {f['c_ns']:.1f} | "
@@ -1279,6 +1460,28 @@ def markdown(doc: JSONDict) -> str:
                    if "p99_vs_c" in r else "- | -")
             out.append(f"| {r[who]} | {r['median_half_rtt_us']:.3f} us | {r['vs_c']:.3f}x | "
                        f"{p99} |")
+    if doc.get("ultra_ratios"):
+        r = doc["ultra_ratios"]
+        out += ["", f"Ultra path / socket path (emulator, TCP, 64 B): ping-pong p50 half-RTT "
+                f"{r['pingpong_p50_half_rtt_ultra_vs_socket']:.3f}x, p99 "
+                f"{r['pingpong_p99_half_rtt_ultra_vs_socket']:.3f}x (below 1: Ultra faster); "
+                f"throughput received {r['throughput_rx_msg_per_s_ultra_vs_socket']:.3f}x, sent "
+                f"{r['throughput_tx_msg_per_s_ultra_vs_socket']:.3f}x (above 1: Ultra faster)."]
+    if doc.get("ultra_pingpong"):
+        ref = doc["ultra_pingpong"][0].get("ref", "?")
+        out += ["", f"| ultra TCP ping-pong (64 B, busy-poll, emulator) | p50 half-RTT | vs {ref} "
+                "| p99 | vs ref |", "|---|---|---|---|---|"]
+        for r in doc["ultra_pingpong"]:
+            out.append(f"| {r['path']} | {r['median_half_rtt_us']:.3f} us | {r['vs_ref']:.3f}x | "
+                       f"{r['p99_half_rtt_us']:.3f} us | {r['p99_vs_ref']:.3f}x |")
+    if doc.get("ultra_throughput"):
+        t0 = doc["ultra_throughput"][0]
+        out += ["", "| ultra TCP throughput (64 B, emulator) | server received msg/s | vs "
+                f"{t0['server_ref']} | client sent msg/s | vs {t0['client_ref']} |",
+                "|---|---|---|---|---|"]
+        for r in doc["ultra_throughput"]:
+            out.append(f"| {r['row']} | {r['server_msg_per_s']:,} | {r['server_vs_ref']:.3f}x | "
+                       f"{r['client_msg_per_s']:,} | {r['client_vs_ref']:.3f}x |")
     if doc.get("memory"):
         out += ["", "| memory: method | RSS before | RSS after | datagrams |",
                 "|---|---|---|---|"]
@@ -1331,6 +1534,8 @@ def main(argv: list[str] | None = None) -> int:
                 section_pingpong(R, tools, a.quick)
             elif s == "memory":
                 section_memory(R, tools, a.quick, a.feed_base)
+            elif s == "ultra":
+                section_ultra(R, tools, a.quick)
         except (RuntimeError, OSError, subprocess.SubprocessError, KeyError,
                 StopIteration, ValueError) as exc:
             # one broken section must not cost the others: recorded in the JSON's "errors"

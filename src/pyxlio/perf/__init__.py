@@ -4,12 +4,14 @@ Modes as sockperf has them (``server``, ``ping-pong``, ``under-load``, ``through
 ``playback``), over UDP or TCP, unicast or multicast, speaking sockperf's 14-byte header and
 printing sockperf's report lines, so that this tool and a C sockperf can face each other and a
 script that reads sockperf's output reads this tool's. The receive side can use the stdlib
-socket or pyxlio's copy, zero-copy, batch and callback paths. Run ``python -m pyxlio.perf --help``.
+socket or pyxlio's copy, zero-copy, batch and callback paths, or (TCP) XLIO's Ultra API. Run
+``python -m pyxlio.perf --help``.
 
 Exit status: 0 on a completed run (also when no reply came: sockperf says "No messages were
 received from the server. Is the server down?" and exits 0, so does this tool), 1 when the run
 failed (TCP server unreachable, connection closed, data integrity failure, an error from the
-network or pyxlio), 2 for a bad command line or a sockperf option this tool does not offer, 130
+network or pyxlio), 2 for a bad command line or a sockperf option this tool does not offer (or
+--recv-method ultra where this process has no Ultra API, or a server without listen), 130
 when a client is interrupted (after its report).
 """
 
@@ -110,6 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import report
     from .log import Log
     from .methods import MethodError
+
+    if cfg.recv_method == "ultra":  # known only now: under the emulator after --emu's re-exec
+        from .ultra import unavailable_reason
+
+        why = unavailable_reason(cfg)
+        if why is not None:
+            _err(why)
+            return 2
 
     if cfg.plot is not None:
         try:

@@ -33,8 +33,10 @@ ALIASES = {"sr": "server", "pp": "ping-pong", "ul": "under-load", "tp": "through
            "pb": "playback"}
 CLIENT_MODES = ("ping-pong", "under-load", "throughput", "playback")
 LATENCY_MODES = ("ping-pong", "under-load", "playback")
-RECV_METHODS = ("stdlib", "copy", "zcopy", "batch", "callback")
+RECV_METHODS = ("stdlib", "copy", "zcopy", "batch", "callback", "ultra")
 PYXLIO_METHODS = ("copy", "zcopy", "batch", "callback")
+#: the modes --recv-method ultra runs (TCP only: XLIO's Ultra API has no UDP)
+ULTRA_MODES = ("server", "ping-pong", "throughput")
 
 DEFAULT_PORT = 11111  # sockperf's default port
 DEFAULT_MPS = 10000  # sockperf's under-load and playback default
@@ -388,7 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "loop; in the compiled loop libc's recv/recvfrom, the calls "
                         "recv_into makes, so XLIO's under XLIO); copy: pyxlio socket "
                         "recv_into (same note); zcopy: recvfrom_zcopy+release; batch: "
-                        "recv_batch+views(); callback: set_recv_callback (default stdlib)")
+                        "recv_batch+views(); callback: set_recv_callback; ultra: XLIO's "
+                        "Ultra API, TCP ping-pong, throughput and server only (a PollGroup: "
+                        "payload in XLIO's buffers, copied sends; needs libxlio 3.30+ or --emu, "
+                        "the server 3.60+) (default stdlib)")
     o.add_argument("--busy-poll", action="store_true",
                    help="spin on a non-blocking socket instead of blocking")
     o.add_argument("--batch-size", type=_positive_int, default=64,
@@ -601,6 +606,12 @@ def parse_args(argv: list[str]) -> Config:
 
     if cfg.tcp and cfg.recv_method == "callback":
         raise UsageError("--recv-method callback is for UDP only (XLIO's receive callback)")
+    if cfg.recv_method == "ultra":
+        if not cfg.tcp:
+            raise UsageError("--recv-method ultra is for TCP only (XLIO's Ultra API has no "
+                             "UDP): add --tcp")
+        if mode not in ULTRA_MODES:
+            raise UsageError(f"--recv-method ultra runs {', '.join(ULTRA_MODES)} (not {mode})")
 
     # Rates and replies, with sockperf's per-mode defaults.
     if ns.mps is None:

@@ -117,6 +117,17 @@ def _open(cfg: Config) -> tuple[_socket_mod.socket, bool, Any]:
     """The client socket, whether it is connected, and the destination address."""
     import socket
 
+    if cfg.recv_method == "ultra":  # an Ultra socket in a poll group of its own (ultra.py)
+        from .ultra import UltraConnection
+
+        dest = (cfg.ip, cfg.port)
+        try:
+            conn: Any = UltraConnection(cfg)
+        except OSError as exc:
+            raise ClientError(
+                f"cannot connect to {net.address_text(dest)} over TCP (Ultra API): {exc}"
+            ) from exc
+        return conn, True, dest
     cls = methods.socket_class(cfg.recv_method)
     fam = net.family_of(cfg)
     dest = (cfg.ip, cfg.port)
@@ -256,7 +267,8 @@ def run_client(cfg: Config, log: Log | None = None,
         reply_every=cfg.reply_every if cfg.mode != "throughput" else 0, burst=cfg.burst,
         full_rtt=cfg.full_rtt, provider=_provider(),
     )
-    res.offloaded = getattr(sock, "offloaded", None) if cfg.uses_pyxlio else False
+    res.offloaded = getattr(sock, "offloaded", None) if (
+        cfg.uses_pyxlio or cfg.recv_method == "ultra") else False
     res.banner = net.banner_line(0, cfg.ip, cfg.port, cfg.tcp)
     try:
         return _run(cfg, sock, connected, dest, res, log, select.select, playback)
@@ -348,15 +360,23 @@ def _run(cfg: Config, sock: _socket_mod.socket, connected: bool, dest: Any, res:
     # Sockets: ping-pong without busy-poll blocks in recv (SO_RCVTIMEO ticks); the rest use a
     # non-blocking socket and wait in select() or spin.
     blocking_pp = pingpong and not busy
-    if blocking_pp:
-        methods.set_rcvtimeo(sock, methods.TICK)
+    receiver: methods.Receiver
+    if cfg.recv_method == "ultra":
+        # The wait is the poll group's (a tick, or none with --busy-poll): see ultra.py.
+        from .ultra import UltraReceiver
+
+        receiver = UltraReceiver(sock, busy=not blocking_pp, handler=on_reply,  # type: ignore[arg-type]
+                                 max_message=max(max_size, cfg.max_message))
     else:
-        sock.setblocking(False)
-    receiver = methods.make_receiver(
-        cfg.recv_method, sock, stream=stream, connected=connected, handler=on_reply,
-        batch_size=cfg.batch_size, busy=not blocking_pp, bufsize=max(max_size, 2048),
-        max_message=max(max_size, cfg.max_message),
-    )
+        if blocking_pp:
+            methods.set_rcvtimeo(sock, methods.TICK)
+        else:
+            sock.setblocking(False)
+        receiver = methods.make_receiver(
+            cfg.recv_method, sock, stream=stream, connected=connected, handler=on_reply,
+            batch_size=cfg.batch_size, busy=not blocking_pp, bufsize=max(max_size, 2048),
+            max_message=max(max_size, cfg.max_message),
+        )
     recv = receiver.recv
     pack = HEADER.pack_into
     send_raw = sock.send if connected else None

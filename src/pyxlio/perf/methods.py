@@ -24,6 +24,8 @@ Methods:
             datagram that needs the normal path (a server reply) gets Verdict.RECV and is handled
             when recv_batch returns it. A blocking client answers RECV for every datagram
             (already handled in the callback) so that its waiting receive call returns.
+  ultra     TCP over XLIO's Ultra API (pyxlio.ultra): see ultra.py (UltraReceiver, made there
+            with its connection, not by make_receiver)
 
 This module imports ``socket`` lazily (pyxlio's allocator rule).
 """

@@ -199,6 +199,10 @@ def run_server(cfg: Config, stop: StopFlag | None = None,
     stop = stop or StopFlag()
     log = log or Log(None)
     net.set_affinity(cfg.cpu_affinity)
+    if cfg.tcp and cfg.recv_method == "ultra":
+        from . import ultra
+
+        return ultra.run_server(cfg, stop, ready, progress, log)
     if cfg.tcp:
         return _run_tcp(cfg, stop, ready, progress, log)
     return _run_udp(cfg, stop, ready, progress, log)
