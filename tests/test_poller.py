@@ -478,7 +478,7 @@ def test_ctrl_c_stops_a_blocked_poll(provider: str) -> None:
     assert float(proc.stdout.split()[2]) < 5
 
 
-def _release(version: str) -> tuple[int, ...] | None:
+def _release_of(version: str) -> tuple[int, ...] | None:
     parts = version.split(".")
     return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
 
@@ -499,7 +499,7 @@ def _xlio_forgets_loopback_udp(provider: str) -> bool:
     assert api is not None
     if provider != "libxlio":
         return api.layout is pyxlio.Layout.V3_61
-    release = _release(api.version)
+    release = _release_of(api.version)
     if release is None:
         pytest.skip(f"the libxlio release is not known ({api.library}): 3.61-3.70.0 keep a "
                     "loopback UDP socket, 3.70.1+ forget it")

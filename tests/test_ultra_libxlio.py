@@ -218,7 +218,7 @@ def test_many_sockets_made_and_closed(group: ultra.PollGroup, events: list[Any])
         socks = [group.socket() for _ in range(50)]
         for s in socks:
             s.close()
-        wait_until(group, lambda: all(s.state == "terminated" for s in socks))
+        wait_until(group, lambda batch=socks: all(s.state == "terminated" for s in batch))
     assert len(events) == 150
     assert all(e is ultra.SocketEvent.TERMINATED for _, e, _ in events)
     assert group.sockets == []
