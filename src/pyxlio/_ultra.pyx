@@ -191,6 +191,10 @@ cdef int check_fork(unsigned long gen, str what) except -1:
 # ---------------------------------------------------------------------------------------------
 
 cdef bint _initialised = False
+# errno of an xlio_init_ex that failed: never asked again.  Measured on libxlio 3.70.2 with no
+# device: the first call answers -1/ENODEV, a second one 0 although XLIO never started, and a
+# socket made then crashes the process (SIGFPE/SIGSEGV in xlio_socket_create).
+cdef int _init_failed = 0
 cdef object _memory_callback = None
 _callback_errors: list[BaseException] = []
 
@@ -245,8 +249,12 @@ def init(*, memory_callback: object = None, allocator: object = None,
     answers.  A second call raises RuntimeError if it passes anything; without arguments it
     does nothing.
     """
-    global _initialised, _memory_callback
+    global _initialised, _memory_callback, _init_failed
     require(<void *>pyxlio_u_ops.init_ex, "xlio_init_ex")
+    if _init_failed:
+        raise XlioError(_init_failed, "xlio_init_ex failed earlier in this process; it is not "
+                        "asked again (libxlio may then answer 0 without being initialised, and "
+                        "its sockets would crash the process)", "xlio_init_ex")
     if _initialised:
         if memory_callback is not None or allocator is not None or free is not None:
             raise RuntimeError("pyxlio.ultra.init() already ran in this process (or the first "
@@ -294,6 +302,8 @@ def init(*, memory_callback: object = None, allocator: object = None,
         rc = pyxlio_u_ops.init_ex(&attr)
     if rc != 0:
         err = errno or EINVAL
+        if err != EEXIST:
+            _init_failed = err
         _memory_callback = None
         if previous is not None:
             restore_python_allocator(previous)
