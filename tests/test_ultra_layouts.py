@@ -304,7 +304,8 @@ print(json.dumps({"warnings": [str(x.message) for x in w]}))
 
 
 def test_a_collected_group_tears_down_cleanly() -> None:
-    # strict mode: the emulator would report a group destroyed with live sockets, or a leak
+    # strict mode: the emulator would report a leak (a buffer never returned, a socket never
+    # terminated, a completion never delivered)
     out = run_case(COLLECTED_GROUP, "3.61")
     assert any("collected without close()" in m for m in out["warnings"])
 

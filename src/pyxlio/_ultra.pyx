@@ -209,7 +209,11 @@ cdef int check_fork(unsigned long gen, str what) except -1:
 # ---------------------------------------------------------------------------------------------
 
 cdef bint _initialised = False
-cdef object _init_failure = None     # the XlioError of a failed xlio_init_ex: never called again
+# The XlioError of an xlio_init_ex that failed (or answered 0 without XLIO having started):
+# never asked again.  Measured on libxlio 3.70.2 with no device: the first call answers
+# -1/ENODEV, a second one 0 although XLIO never started, and a socket made then crashes the
+# process (SIGFPE/SIGSEGV in xlio_socket_create).
+cdef object _init_failure = None
 cdef object _memory_callback = None
 _callback_errors: list[BaseException] = []
 
@@ -270,7 +274,10 @@ def init(*, memory_callback: object = None, allocator: object = None,
         # libxlio 3.70.2 answers a second xlio_init_ex 0 after a failed first one although it
         # did not start (g_init_global_ctors_done, src/core/sock/sock-extra.cpp), and
         # xlio_socket_create then crashes the process: XLIO is never asked again.
-        raise XlioError(_init_failure.errno, _init_failure.strerror, "xlio_init_ex")
+        raise XlioError(_init_failure.errno, "xlio_init_ex failed earlier in this process; it "
+                        "is not asked again (libxlio may then answer 0 without being "
+                        "initialised, and its sockets would crash the process): "
+                        f"{_init_failure.strerror}", "xlio_init_ex")
     if _initialised:
         if memory_callback is not None or allocator is not None or free is not None:
             raise RuntimeError("pyxlio.ultra.init() already ran in this process (or the first "

@@ -227,7 +227,7 @@ __all__ = [
 LIBRARY_NAME = "libxlio_emu.so"
 EXIT_STRICT = 86  #: exit status of a strict-mode run with leaks or contract violations
 EXIT_CONFIG = 87  #: exit status of a program started with a bad emulator configuration
-_LAYOUTS = ("legacy", "3.60", "3.61", "3.94", "vma")
+_LAYOUTS = ("legacy", "3.51", "3.60", "3.61", "3.94", "vma")  # 3.51: another name of legacy
 _OFFLOADS = ("all", "none", "no-loopback")
 
 # The emulator's limits and the texts of its configuration errors: the same as in emu_core.c
@@ -340,7 +340,7 @@ def validate_environ(env: Mapping[str, str]) -> None:
         if v is not None and v not in ("0", "1"):
             raise _bad(name, v, _ACCEPT_FLAG)
     v = get("PYXLIO_EMU_LAYOUT")
-    if v is not None and v not in ("3.51", *_LAYOUTS):
+    if v is not None and v not in _LAYOUTS:
         raise _bad("PYXLIO_EMU_LAYOUT", v, _ACCEPT_LAYOUT)
     v = get("PYXLIO_EMU_OFFLOAD")
     if v is not None and v not in _OFFLOADS:
@@ -490,7 +490,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--print-path", action="store_true", help="print the library path and exit")
     p.add_argument("--strict", action="store_true", help="leaks and violations -> exit status 86")
     p.add_argument("--layout", choices=_LAYOUTS,
-                   help="xlio_api_t layout (default legacy; vma: libvma 9.8.84's vma_api_t)")
+                   help="xlio_api_t layout (default legacy, also called 3.51; vma: libvma 9.8.84's "
+                   "vma_api_t)")
     p.add_argument("--offload", choices=_OFFLOADS,
                    help="sockets offloaded: all (default), none (every socket served by the "
                    "kernel, as a real XLIO host serves loopback) or no-loopback (like a real "
