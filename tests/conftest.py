@@ -23,6 +23,9 @@ pass; tests marked ``kernel_only`` need the absence of XLIO; ``emu_only`` tests 
 emulator itself and run in the two emulator passes; modules marked ``provider_independent``
 (they start their own processes: the emulator's C checks, rules, perf) run in one pass only.
 
+Tests marked ``libxlio`` check what a real libxlio answers (where no emulator can stand in
+for it): they run in the ``libxlio`` pass only and are skipped, with that reason, elsewhere.
+
 Tests marked ``offloaded`` need a socket XLIO offloads (zero-copy expected, callbacks run by
 XLIO, dummy sends accepted, rings...): they run in the ``emu`` pass and are skipped, with that
 reason, where sockets are served by the kernel: the ``emu-os`` and ``kernel`` passes, and the
@@ -223,6 +226,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "sockets are served by the kernel (emu-os, a libxlio host without a device)")
     config.addinivalue_line("markers", "kernel_only: needs a process without XLIO")
     config.addinivalue_line(
+        "markers", "libxlio: checks a real libxlio (PYXLIO_TEST_LIBXLIO): runs in the libxlio "
+        "pass only")
+    config.addinivalue_line(
         "markers", "epoll: waits in epoll (Poller, asyncio): skipped under a libxlio that did "
         "not start, whose epoll_ctl refuses every fd")
     config.addinivalue_line(
@@ -265,6 +271,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                                  if provider == "libxlio" else ""))))
         if item.get_closest_marker("kernel_only") and provider != "kernel":
             item.add_marker(pytest.mark.skip(reason="needs a process without XLIO: kernel pass"))
+        if item.get_closest_marker("libxlio") and provider != "libxlio":
+            item.add_marker(pytest.mark.skip(reason=(
+                "checks a real libxlio: runs in the libxlio pass (set PYXLIO_TEST_LIBXLIO to "
+                "the path of a libxlio.so)")))
 
 
 def _xlio_not_started() -> bool:
@@ -350,6 +360,16 @@ def tx() -> Iterator[socket.socket]:
     s.bind(("127.0.0.1", 0))
     yield s
     s.close()
+
+
+def offloaded_of_a_kernel_socket() -> bool | None:
+    """What ``socket.offloaded`` reads for a socket XLIO leaves to the kernel: False where the
+    layout can tell (it has a ring count: legacy, libvma), None where it cannot (libxlio 3.60+
+    have no rings, see pyxlio.socket.socket.offloaded)."""
+    import pyxlio
+
+    api = pyxlio.get_api()
+    return False if api is not None and api.has(pyxlio.Capability.GET_SOCKET_RINGS_NUM) else None
 
 
 def free_udp_port() -> int:

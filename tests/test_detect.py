@@ -28,6 +28,9 @@ def test_provider_answers_as_the_pass_says(provider: str) -> None:
     if provider == "emu-vma":
         _check_vma_api(api)
         return
+    if provider == "libxlio":
+        _check_libxlio_api(api)
+        return
     assert api.layout is Layout.LEGACY
     if provider == "emu":
         assert api.cap_mask == 0x3FFF
@@ -71,6 +74,43 @@ def test_has_rejects_what_is_not_a_capability(provider: str) -> None:
     with pytest.raises(TypeError):
         api.has(True)
     assert api.has(0) is False
+
+
+# What each layout's real releases answer (xlio-abi.md section 2): cap_mask, size, and the
+# members that follow from it.
+_LIBXLIO_LAYOUTS = {
+    Layout.LEGACY: dict(cap_mask=0x3FFF, size=248, held=True, dummy=True),      # 3.30.3-3.51
+    Layout.V3_60: dict(cap_mask=0x2819, size=232, held=False, dummy=False),
+    Layout.V3_61: dict(cap_mask=0x2818, size=224, held=False, dummy=False),     # 3.61-3.70
+    Layout.V3_94: dict(cap_mask=0x3818, size=176, held=False, dummy=True),
+}
+
+
+def _check_libxlio_api(api: pyxlio.Api) -> None:
+    """The libxlio pass: the layout the library's cap_mask names, with that layout's facts,
+    and the library file that PYXLIO_TEST_LIBXLIO names."""
+    want = _LIBXLIO_LAYOUTS[api.layout]
+    assert api.provider == "libxlio" and api.family == "libxlio"
+    assert api.emulator_version is None
+    assert api.cap_mask == want["cap_mask"], f"{api!r}: not a cap_mask a release of its layout sets"
+    assert api.size == want["size"]
+    assert api.can_return_held is want["held"] and api.dummy_send is want["dummy"]
+    legacy = api.layout is Layout.LEGACY
+    assert api.has(Capability.RECVFROM_ZCOPY | Capability.RECVFROM_ZCOPY_FREE_PACKETS) is legacy
+    assert api.has(Capability.GET_SOCKET_RINGS_NUM) is legacy
+    assert api.has(Capability.IOCTL) is (api.layout in (Layout.LEGACY, Layout.V3_94))
+    assert api.has(Capability.ADD_CONF_RULE | Capability.THREAD_OFFLOAD |
+                   Capability.DUMP_FD_STATS)
+    assert f"layout={api.layout.name}" in repr(api) and f"size={want['size']}" in repr(api)
+    lib = os.environ.get("PYXLIO_TEST_LIBXLIO")
+    assert lib and api.library is not None
+    assert os.path.realpath(api.library) == os.path.realpath(lib), (
+        f"Api.library {api.library!r} is not the preloaded {lib!r}")
+    base = os.path.basename(api.library)
+    if base.startswith("libxlio.so.") and base[len("libxlio.so."):][:1].isdigit():
+        assert api.version == base[len("libxlio.so."):]
+    else:
+        assert api.version == api.layout.versions
 
 
 @pytest.mark.kernel_only

@@ -110,7 +110,13 @@ def test_recvfrom_zcopy_accepts_the_documented_flags(provider: str, udp_pair) ->
     with rx.recvfrom_zcopy(0) as pkt:
         assert bytes(pkt) == b"zero"
     tx.sendto(b"forced", addr)
-    if xlio_loaded() and rx.offloaded is not False:
+    api = pyxlio.get_api()
+    if api is not None and not api.has(pyxlio.Capability.RECVFROM_ZCOPY):
+        with pytest.raises(pyxlio.UnsupportedError):    # 3.60+: no zero-copy receive at all
+            rx.recvfrom_zcopy(pyxlio.MSG_ZCOPY_FORCE)
+        with rx.recvfrom_zcopy() as pkt:     # still there: the refused call took nothing
+            assert bytes(pkt) == b"forced" and not pkt.zcopy
+    elif xlio_loaded() and rx.offloaded is not False:
         with rx.recvfrom_zcopy(pyxlio.MSG_ZCOPY_FORCE) as pkt:
             assert bytes(pkt) == b"forced" and pkt.zcopy
     elif xlio_loaded():                      # served by the kernel: force refuses the copy
@@ -325,15 +331,20 @@ def _dummy_calls(addr: object) -> dict[str, object]:
 
 @pytest.mark.parametrize("call", sorted(_dummy_calls(None)))
 def test_msg_dummy_never_really_sends(provider: str, udp_pair, make_socket, call: str) -> None:
-    """Without XLIO every send call carrying MSG_DUMMY raises XlioNotLoadedError; with XLIO
-    the dummy is dropped.  Either way the receiver never gets it (checked by order: a real
+    """Without XLIO every send call carrying MSG_DUMMY raises XlioNotLoadedError; where the
+    layout has no dummy sends (libxlio 3.60+) UnsupportedError; with XLIO the dummy is
+    dropped.  Either way the receiver never gets it (checked by order: a real
     datagram sent afterwards is the first to arrive)."""
     rx, _, addr = udp_pair
     tx = make_socket(stdsocket.AF_INET, stdsocket.SOCK_DGRAM)
     tx.connect(addr)
     fn = _dummy_calls(addr)[call]
-    if not xlio_loaded():
+    api = pyxlio.get_api()
+    if api is None:
         with pytest.raises(pyxlio.XlioNotLoadedError):
+            fn(tx)
+    elif not api.dummy_send:                 # 3.60+ removed the flag: pyxlio refuses it
+        with pytest.raises(pyxlio.UnsupportedError, match=r"removed in libxlio 3\.60"):
             fn(tx)
     elif tx.offloaded is False:              # XLIO refuses a dummy on a kernel-served socket
         with pytest.raises(pyxlio.XlioError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import socket as stdsocket
@@ -477,18 +478,52 @@ def test_ctrl_c_stops_a_blocked_poll(provider: str) -> None:
     assert float(proc.stdout.split()[2]) < 5
 
 
+def _release_of(version: str) -> tuple[int, ...] | None:
+    parts = version.split(".")
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+
+
+def _xlio_forgets_loopback_udp(provider: str) -> bool:
+    """Does this pass's XLIO forget a UDP socket once it is bound to loopback (left to the
+    kernel), as libxlio 3.70.1+ does?  bind hands a passthrough socket to handle_close()
+    (src/core/sock/sock-redirect.cpp bind_internal), which takes it out of XLIO's collection;
+    up to 3.70.0 sockinfo_udp::setPassthrough cleared m_sock_offload only inside IF_STATS
+    (src/core/sock/sockinfo_udp.h), so without per-socket statistics (XLIO_STATS_FD_NUM 0, the
+    default) the socket stayed known.  The emulator's 3.61 layout follows 3.70.1+, its legacy
+    layout (the emu passes) 3.51 without statistics."""
+    if provider == "kernel":
+        return True
+    if provider in ("emu", "emu-vma"):
+        return False                    # loopback is offloaded there: XLIO keeps it
+    api = pyxlio.get_api()
+    assert api is not None
+    if provider != "libxlio":
+        return api.layout is pyxlio.Layout.V3_61
+    release = _release_of(api.version)
+    if release is None:
+        pytest.skip(f"the libxlio release is not known ({api.library}): 3.61-3.70.0 keep a "
+                    "loopback UDP socket, 3.70.1+ forget it")
+    if release >= (3, 70, 1):
+        return True
+    if os.environ.get("XLIO_STATS_FD_NUM", "0").strip() not in ("", "0"):
+        pytest.skip("XLIO_STATS_FD_NUM is set: libxlio up to 3.70.0 forgets the sockets that "
+                    "got a statistics block and keeps the others")
+    return False
+
+
 def test_a_socket_in_two_epoll_instances(provider: str, receivers: Any) -> None:
     """XLIO keeps one epoll instance per socket it knows (offloaded or not): a second Poller
-    (or selector, or event loop) gets OSError(ENOMEM); the kernel takes both.  The emulator
-    keeps that contract."""
+    (or selector, or event loop) gets OSError(ENOMEM); the kernel takes both, and so does a
+    libxlio that forgot the socket (3.70.1+, a UDP socket bound to loopback: see
+    _xlio_forgets_loopback_udp).  The emulator keeps that contract."""
     import errno
 
     (r,) = receivers(1)
     with Poller() as first, Poller() as second:
         first.register(r)
-        if provider == "kernel":
+        if _xlio_forgets_loopback_udp(provider):
             second.register(r)
-            assert r in second
+            assert r in second and r in first
             return
         with pytest.raises(OSError) as info:
             second.register(r)
@@ -497,3 +532,43 @@ def test_a_socket_in_two_epoll_instances(provider: str, receivers: Any) -> None:
         first.unregister(r)
         second.register(r)                      # free again once the first let it go
         assert r in second
+
+
+TWO_EPOLLS = """
+import json, select, socket
+def second_epoll(bind):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if bind:
+        s.bind((bind, 0))
+    a, b = select.epoll(), select.epoll()
+    a.register(s.fileno(), select.EPOLLIN)
+    try:
+        b.register(s.fileno(), select.EPOLLIN)
+        return "ok"
+    except OSError as exc:
+        return exc.errno
+    finally:
+        a.close(); b.close(); s.close()
+print(json.dumps([second_epoll(None), second_epoll("127.0.0.1"), second_epoll("0.0.0.0")]))
+"""
+
+
+@pytest.mark.provider_independent
+@pytest.mark.parametrize(("layout", "forgets"), [("legacy", False), ("3.61", True)])
+def test_emulator_layouts_keep_or_forget_a_kernel_served_udp_socket(layout: str,
+                                                                    forgets: bool) -> None:
+    """The emulator (loopback left to the kernel, as a real host does) follows each layout's
+    release: 3.51 keeps a UDP socket it leaves to the kernel in its epoll bookkeeping (a second
+    epoll: ENOMEM), libxlio 3.70.1+ (the 3.61 layout) forgets it at bind (see
+    _xlio_forgets_loopback_udp).  An unbound socket, and one bound to an address XLIO
+    offloads, stay known under both."""
+    import errno
+
+    from pyxlio import emu
+
+    env = emu.environ(strict=True, layout=layout, offload="no-loopback")
+    proc = run_python(TWO_EPOLLS, env=env)
+    assert proc.returncode == 0, proc.stderr
+    unbound, loopback, wildcard = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert unbound == errno.ENOMEM and wildcard == errno.ENOMEM
+    assert loopback == ("ok" if forgets else errno.ENOMEM)

@@ -641,7 +641,8 @@ def _mapping_of(address: int) -> str | None:
                 lo, _, hi = fields[0].partition("-")
                 if int(lo, 16) <= address < int(hi, 16):
                     path = fields[5].strip() if len(fields) > 5 else ""
-                    return path or None
+                    # a file, not "[heap]", "[anon:...]" or another pseudo-mapping
+                    return path if path.startswith("/") else None
     except OSError:
         return None
     return None
@@ -779,6 +780,10 @@ cdef class Api:
             if OPS.layout == PYXLIO_LAYOUT_VMA:
                 # libvma's struct is on the heap: ask where its first member's code lives.
                 memcpy(&where, <void *>self.address, sizeof(void *))
+            elif OPS.add_conf_rule != NULL:
+                # Where a member's code lives: libxlio's struct is not in a file mapping (on
+                # the heap in 3.51, a function-local static in .bss from 3.60: sock-extra.cpp).
+                where = <uintptr_t>OPS.add_conf_rule
             self._library = _mapping_of(where) or ""
         return self._library or None
 
@@ -1409,6 +1414,16 @@ def set_allocator(allocator: object = "hugepages", free: object = None, *,
     cdef pyxlio_alloc_fn alloc_fn
     cdef pyxlio_free_fn free_fn
     kind = choose_allocator(allocator, free, &alloc_fn, &free_fn)
+    if (OPS.ioctl == NULL and API_PTR != NULL
+            and OPS.layout in (PYXLIO_LAYOUT_360, PYXLIO_LAYOUT_361)):
+        # 3.60 removed the extra ioctl; the allocator goes to xlio_init_ex's memory_alloc
+        # (src/core/sock/sock-extra.cpp, 3.70.2), which pyxlio.ultra.init() passes.
+        raise UnsupportedError(
+            "ioctl",
+            f"the loaded XLIO (layout {Layout(OPS.layout)}) has no extra ioctl (libxlio 3.60 "
+            "removed it): give the allocator to pyxlio.ultra.init(allocator=..., free=...) "
+            "(xlio_init_ex's memory_alloc) instead, before XLIO starts (its first socket or "
+            "epoll)")
     _require(<void *>OPS.ioctl, "ioctl")
 
     cdef unsigned char msg[64]

@@ -92,7 +92,7 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBuffer_FillInfo
                              PyBuffer_Release, PyObject_GetBuffer)
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_WarnEx
 from cpython.ref cimport PyObject, Py_REFCNT
-from libc.errno cimport (errno, EBADF, EEXIST, EINVAL, ENOBUFS, ENOMEM, ECONNABORTED,
+from libc.errno cimport (errno, EBADF, EEXIST, EINVAL, ENOBUFS, ENODEV, ENOMEM, ECONNABORTED,
                          EOPNOTSUPP)
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset, strlen
@@ -179,6 +179,24 @@ cdef object _raise_ultra(str member, int err, str detail=None):
     raise XlioError.from_errno(err or EINVAL, member, detail or "")
 
 
+_NOT_OFFLOADED = ("XLIO does not offload this socket: no offload device serves the address, or "
+                  "its rules leave it to the OS; an Ultra socket has no kernel path, so it "
+                  "cannot be used")
+
+
+cdef object _raise_placement(str member, int err, str detail):
+    """bind/connect/listen failed.  ENODEV is XLIO's answer for a socket it does not offload
+    (3.60+: src/core/sock/sock-extra.cpp, 3.70.2); libxlio 3.51 gives connect's -1 without an
+    errno then (sockinfo_tcp::connect's passthrough_unlock, src/core/sock/sockinfo_tcp.cpp,
+    3.51.1): the same case, so the same error, never "[Errno 0]"."""
+    if err == 0:
+        err = ENODEV
+    if err == ENODEV:
+        raise XlioError(ENODEV, f"{_NOT_OFFLOADED} ({detail})" if detail else _NOT_OFFLOADED,
+                        member)
+    _raise_ultra(member, err, detail)
+
+
 cdef int check_fork(unsigned long gen, str what) except -1:
     if gen != fork_generation():
         raise OSError(EBADF, f"Bad file descriptor: the {what} belongs to the parent process "
@@ -191,10 +209,11 @@ cdef int check_fork(unsigned long gen, str what) except -1:
 # ---------------------------------------------------------------------------------------------
 
 cdef bint _initialised = False
-# errno of an xlio_init_ex that failed: never asked again.  Measured on libxlio 3.70.2 with no
-# device: the first call answers -1/ENODEV, a second one 0 although XLIO never started, and a
-# socket made then crashes the process (SIGFPE/SIGSEGV in xlio_socket_create).
-cdef int _init_failed = 0
+# The XlioError of an xlio_init_ex that failed (or answered 0 without XLIO having started):
+# never asked again.  Measured on libxlio 3.70.2 with no device: the first call answers
+# -1/ENODEV, a second one 0 although XLIO never started, and a socket made then crashes the
+# process (SIGFPE/SIGSEGV in xlio_socket_create).
+cdef object _init_failure = None
 cdef object _memory_callback = None
 _callback_errors: list[BaseException] = []
 
@@ -249,12 +268,16 @@ def init(*, memory_callback: object = None, allocator: object = None,
     answers.  A second call raises RuntimeError if it passes anything; without arguments it
     does nothing.
     """
-    global _initialised, _memory_callback, _init_failed
+    global _initialised, _memory_callback, _init_failure
     require(<void *>pyxlio_u_ops.init_ex, "xlio_init_ex")
-    if _init_failed:
-        raise XlioError(_init_failed, "xlio_init_ex failed earlier in this process; it is not "
-                        "asked again (libxlio may then answer 0 without being initialised, and "
-                        "its sockets would crash the process)", "xlio_init_ex")
+    if _init_failure is not None:
+        # libxlio 3.70.2 answers a second xlio_init_ex 0 after a failed first one although it
+        # did not start (g_init_global_ctors_done, src/core/sock/sock-extra.cpp), and
+        # xlio_socket_create then crashes the process: XLIO is never asked again.
+        raise XlioError(_init_failure.errno, "xlio_init_ex failed earlier in this process; it "
+                        "is not asked again (libxlio may then answer 0 without being "
+                        "initialised, and its sockets would crash the process): "
+                        f"{_init_failure.strerror}", "xlio_init_ex")
     if _initialised:
         if memory_callback is not None or allocator is not None or free is not None:
             raise RuntimeError("pyxlio.ultra.init() already ran in this process (or the first "
@@ -302,8 +325,6 @@ def init(*, memory_callback: object = None, allocator: object = None,
         rc = pyxlio_u_ops.init_ex(&attr)
     if rc != 0:
         err = errno or EINVAL
-        if err != EEXIST:
-            _init_failed = err
         _memory_callback = None
         if previous is not None:
             restore_python_allocator(previous)
@@ -311,7 +332,21 @@ def init(*, memory_callback: object = None, allocator: object = None,
             raise XlioError(EEXIST, "XLIO is initialised already and cannot take a user "
                             "allocator any more: give it before XLIO starts (its first "
                             "socket or epoll)", "xlio_init_ex")
-        _raise_ultra("xlio_init_ex", err)
+        _init_failure = XlioError.from_errno(
+            err, "xlio_init_ex", "XLIO failed to start (no usable RDMA device? see its errors "
+            "on stderr): the Ultra API cannot be used in this process")
+        raise _init_failure
+    if provider_started() == 0:
+        # 0 from xlio_init_ex, but XLIO's global initialisation failed (earlier, at its first
+        # socket or epoll, or in a first xlio_init_ex): its sockets would crash the process.
+        _memory_callback = None
+        if previous is not None:
+            restore_python_allocator(previous)
+        _init_failure = XlioError(
+            ENODEV, "XLIO is loaded but failed to start (no usable RDMA device? see its errors "
+            "on stderr; pyxlio.get_api().started is False): the Ultra API cannot be used in "
+            "this process", "xlio_init_ex")
+        raise _init_failure
     if kind_name is not None:
         allocator_registered(kind_name, 3)
     _initialised = True

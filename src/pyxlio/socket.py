@@ -114,7 +114,9 @@ class socket(_stdsocket.socket, _EngineGuard):
         Blocks according to the socket's timeout, like ``recvfrom``: BlockingIOError on a
         non-blocking socket with nothing ready, TimeoutError when the timeout expires.  The
         packet says ``zcopy == False`` when the data was copied (no XLIO, or a socket XLIO does
-        not offload); ``force=True`` raises :class:`pyxlio.XlioError` (EIO) instead of copying.
+        not offload); ``force=True`` raises :class:`pyxlio.XlioError` (EIO) instead of copying,
+        or :class:`pyxlio.UnsupportedError` where the loaded layout has no zero-copy receive
+        (libxlio 3.60 and later).
         Returns None at the end of a TCP stream.  Release the packet (``with pkt:``).
         """
         return self._engine.recvfrom_zcopy(flags, force)

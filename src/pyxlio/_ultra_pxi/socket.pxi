@@ -183,7 +183,7 @@ cdef class UltraSocket:
             rc = pyxlio_u_ops.bind(h, <sockaddr *>&ss, n)
             pyxlio_u_unlock(self.group.g)
         if rc != 0:
-            _raise_ultra("xlio_socket_bind", errno, f"address {address!r}")
+            _raise_placement("xlio_socket_bind", errno, f"address {address!r}")
 
     def connect(self, address: tuple) -> None:
         """``xlio_socket_connect`` to a numeric (host, port): starts connecting (the result is
@@ -200,7 +200,7 @@ cdef class UltraSocket:
             rc = pyxlio_u_ops.connect(h, <sockaddr *>&ss, n)
             pyxlio_u_unlock(self.group.g)
         if rc != 0:
-            _raise_ultra("xlio_socket_connect", errno, f"address {address!r}")
+            _raise_placement("xlio_socket_connect", errno, f"address {address!r}")
         if self._state == "new":
             self._state = "connecting"
 
@@ -216,7 +216,7 @@ cdef class UltraSocket:
             rc = pyxlio_u_ops.listen(h)
             pyxlio_u_unlock(self.group.g)
         if rc != 0:
-            _raise_ultra("xlio_socket_listen", errno)
+            _raise_placement("xlio_socket_listen", errno, "")
         self._state = "listening"
 
     cdef object _name(self, bint peer):

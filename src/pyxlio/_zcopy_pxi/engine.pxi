@@ -902,11 +902,20 @@ cdef class SocketEngine:
         self.raise_pending()
         if force:
             if not self.zc:
-                raise XlioNotLoadedError(
+                if self.ops.cap_mask == 0:
+                    raise XlioNotLoadedError(
+                        "recvfrom_zcopy",
+                        "force=True needs XLIO's zero-copy receive, and none is loaded: the "
+                        "data would be copied")
+                # The layout has no zero-copy receive (libxlio 3.60 removed it): the member is
+                # missing, not the datagram's path, so UnsupportedError (not EIO).
+                from pyxlio.errors import UnsupportedError
+                from pyxlio.constants import Layout
+                raise UnsupportedError(
                     "recvfrom_zcopy",
-                    "force=True needs XLIO's zero-copy receive, and none is loaded: the data "
-                    "would be copied") if self.ops.cap_mask == 0 else XlioError(
-                    EIO, "force=True: this XLIO has no zero-copy receive", "recvfrom_zcopy")
+                    f"force=True: the loaded XLIO (layout {Layout(self.ops.layout)}) has no "
+                    "zero-copy receive (libxlio 3.60 removed it): the data could only be "
+                    "copied; the datagram was not read")
             if not self.known_offloaded and not self.xlio_serves_fd():
                 raise XlioError(
                     EIO, "force=True: XLIO does not serve this socket (it was made while "

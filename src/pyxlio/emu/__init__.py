@@ -15,7 +15,9 @@ default):
     ``legacy`` (default: libxlio 2.0-3.51, 248 bytes, cap_mask 0x3fff; ``3.51`` is the same),
     ``3.60`` (232 bytes, cap_mask 0x2819: add_conf_rule, thread_offload, dump_fd_stats,
     register_recv_callback, no zero-copy receive, no free call: a HOLD packet is never given
-    back), ``3.61`` (3.61-3.70, 224 bytes, cap_mask 0x2818: no callback) or ``3.94`` (the 3.94x
+    back), ``3.61`` (3.61-3.70, 224 bytes, cap_mask 0x2818: no callback; a UDP socket it
+    serves through the kernel is forgotten once bound or connected, as 3.70.1+ do: a second
+    epoll instance takes it) or ``3.94`` (the 3.94x
     DOCA branch, 176 bytes, cap_mask 0x3818: ioctl and dummy sends, no callback).  The TCP
     Ultra API (3.60, 3.61: 23 members) and socket API (legacy, 3.94: 16 members) are served over
     kernel TCP sockets with each release's event order and errors (emu_ultra.c says which), and

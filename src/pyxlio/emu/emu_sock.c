@@ -874,11 +874,22 @@ EMU_EXPORT int socket(int domain, int type, int protocol) {
 /* libvma 9.8.84 (fact sheet section 11): a UDP socket it leaves to the kernel is no longer
  * tracked once it is bound or connected: register_recv_callback -1/EINVAL, recvfrom_zcopy the
  * plain recvfrom (MSG_VMA_ZCOPY_FORCE ignored), free_packets -1/EINVAL, rings 0, recvmmsg
- * straight to the kernel.  The emulator forgets it the same way. */
-static void vma_untrack_kernel_udp(int fd) {
+ * straight to the kernel.  The emulator forgets it the same way.
+ * libxlio 3.70.1+ (the 3.61 layout's newest releases) does too: sockinfo_udp::setPassthrough
+ * clears m_sock_offload whether or not the socket has statistics (src/core/sock/sockinfo_udp.h;
+ * up to 3.70.0 the assignment sat inside IF_STATS, so without per-socket statistics the socket
+ * stayed known), and bind/connect then hand a passthrough socket to handle_close(fd, false,
+ * true) (src/core/sock/sock-redirect.cpp bind_internal, connect): out of XLIO's collection
+ * and its epoll instances, so a second epoll takes it as the kernel does. */
+static void untrack_kernel_udp(int fd) {
     emu_sock_t *s;
-    if (emu_conf.layout != PYXLIO_LAYOUT_VMA || !(s = emu_sock_get(fd))) return;
-    if (s->is_udp && !s->offloaded) sock_unregister(s, "libvma: served by the kernel");
+    if ((emu_conf.layout != PYXLIO_LAYOUT_VMA && emu_conf.layout != PYXLIO_LAYOUT_361) ||
+        !(s = emu_sock_get(fd)))
+        return;
+    if (s->is_udp && !s->offloaded)
+        sock_unregister(s, emu_conf.layout == PYXLIO_LAYOUT_VMA
+                               ? "libvma: served by the kernel"
+                               : "libxlio 3.70.1+: passthrough, served by the kernel");
 }
 
 static void forget_fd(int fd, const char *why) {
@@ -947,7 +958,7 @@ EMU_EXPORT int bind(int fd, const struct sockaddr *addr, socklen_t len) {
         }
     }
     pthread_mutex_unlock(&s->mu);
-    vma_untrack_kernel_udp(fd);
+    untrack_kernel_udp(fd);
     errno = saved;
     return rc;
 }
@@ -995,7 +1006,7 @@ EMU_EXPORT int connect(int fd, const struct sockaddr *addr, socklen_t len) {
         }
     }
     pthread_mutex_unlock(&s->mu);
-    vma_untrack_kernel_udp(fd);
+    untrack_kernel_udp(fd);
     errno = saved;
     return rc;
 }
