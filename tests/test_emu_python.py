@@ -18,17 +18,9 @@ import emutest
 emu = emutest.load_emu()
 
 
-def _emulator_built() -> bool:
-    """Built in the source tree or in the installed package (a wheel)."""
-    try:
-        return os.path.isfile(emu.library_path())
-    except FileNotFoundError:
-        return False
-
-
 pytestmark = [
     pytest.mark.provider_independent,
-    pytest.mark.skipif(emutest.gcc() is None and not _emulator_built(),
+    pytest.mark.skipif(emutest.gcc() is None and not emutest.emulator_built(),
                        reason="the emulator is not built and gcc is missing to build it"),
 ]
 

@@ -23,16 +23,9 @@ import emutest
 emu = emutest.load_emu()
 
 
-def _emulator_built() -> bool:
-    try:
-        return os.path.isfile(emu.library_path())
-    except FileNotFoundError:
-        return False
-
-
 pytestmark = [
     pytest.mark.provider_independent,
-    pytest.mark.skipif(not _emulator_built(), reason="the emulator is not built"),
+    pytest.mark.skipif(not emutest.emulator_built(), reason="the emulator is not built"),
 ]
 
 # Shared by the cases: bounded waits (every wait is a fixed number of 20 ms polls).

@@ -51,6 +51,14 @@ def load_emu() -> ModuleType:
     return mod
 
 
+def emulator_built() -> bool:
+    """Is the emulator built, in the source tree or in the installed package (a wheel)?"""
+    try:
+        return os.path.isfile(load_emu().library_path())
+    except FileNotFoundError:
+        return False
+
+
 def emu_sources() -> list[str]:
     """The emulator's C sources."""
     return sorted(os.path.join(EMU_SRC, f) for f in os.listdir(EMU_SRC) if f.endswith(".c"))
