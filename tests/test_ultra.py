@@ -810,6 +810,23 @@ def test_a_queue_that_cannot_grow_reports_lost_data(group: ultra.PollGroup,
     terminate(group, sock)
 
 
+@pytest.mark.xlio
+@pytest.mark.offloaded
+@pytest.mark.parametrize("length", [16, 1 << 40])
+def test_a_malformed_receive_is_reported_never_exposed(group: ultra.PollGroup,
+                                                       length: int) -> None:
+    # what a broken provider could hand over: no buffer descriptor, or a length no XLIO
+    # buffer has; nothing reaches a handler, poll() says so once, stats() keeps the count
+    seen: list[object] = []
+    group.on_receive = lambda s, b: seen.append(b)
+    group._inject_malformed_rx(length)
+    with pytest.raises(pyxlio.XlioError) as info:
+        group.poll(timeout=0)
+    assert info.value.errno == errno.EIO and "malformed" in str(info.value)
+    assert group.poll(timeout=0) == 0 and not seen
+    assert group.stats()["bad_rx"] == 1 and group.stats()["buffers"] == 0
+
+
 # ---- init() -------------------------------------------------------------------------------------
 
 @pytest.mark.xlio

@@ -92,8 +92,8 @@ from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_SIMPLE, PyBuffer_FillInfo
                              PyBuffer_Release, PyObject_GetBuffer)
 from cpython.exc cimport PyErr_CheckSignals, PyErr_Clear, PyErr_WarnEx
 from cpython.ref cimport PyObject, Py_REFCNT
-from libc.errno cimport (errno, EBADF, EEXIST, EINVAL, ENOBUFS, ENODEV, ENOMEM, ECONNABORTED,
-                         EOPNOTSUPP)
+from libc.errno cimport (errno, EBADF, EEXIST, EINVAL, EIO, ENOBUFS, ENODEV, ENOMEM,
+                         ECONNABORTED, EOPNOTSUPP)
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
 from libc.string cimport memset, strlen
 

@@ -67,13 +67,19 @@ cdef extern from *:
         /* what could not be queued: never silent (poll() raises) */
         unsigned long lost_rx, lost_events, lost_comps, lost_accepts;
         unsigned long long lost_rx_bytes;
-        unsigned long bad_rx;       /* rx with a NULL buffer or NULL data and a length */
+        unsigned long bad_rx;       /* rx with a NULL buffer, NULL data and a length, or a length
+                                     * above PYXLIO_U_MAX_RX_LEN: returned, never exposed */
+        unsigned long bad_rx_new;   /* of those, not reported by poll() yet */
     } pyxlio_ugroup_t;
 
     /* Records each live socket may still raise (ESTABLISHED, CLOSED, ERROR, TERMINATED), and one
      * per zero-copy send in flight, are kept free in the queue: received data only uses room
      * beyond them, so an event or a completion is never lost to a queue that cannot grow. */
     #define PYXLIO_U_EVENTS_PER_SOCKET 4
+    /* The most one rx_cb may hand over: one XLIO receive buffer (its pool's buffers are a few
+     * KiB; large receive offload makes them up to 256 KiB).  A longer length from a provider is
+     * not believed: the buffer goes back and bad_rx counts it (never a view past the buffer). */
+    #define PYXLIO_U_MAX_RX_LEN ((size_t)1 << 24)
 
     static pyxlio_ultra_ops_t pyxlio_u_ops;
     static __thread pyxlio_ugroup_t *pyxlio_u_current;
@@ -212,8 +218,9 @@ cdef extern from *:
             if (buf && pyxlio_u_ops.socket_buf_free) pyxlio_u_ops.socket_buf_free(sock, buf);
             return;
         }
-        if (!buf || (!data && len)) {
+        if (!buf || (!data && len) || len > PYXLIO_U_MAX_RX_LEN) {
             g->bad_rx++;
+            g->bad_rx_new++;
             if (buf && !g->destroyed) pyxlio_u_ops.group_buf_free(g->handle, buf);
             return;
         }
@@ -498,6 +505,7 @@ cdef extern from *:
         unsigned long lost_accepts
         unsigned long long lost_rx_bytes
         unsigned long bad_rx
+        unsigned long bad_rx_new
     pyxlio_ultra_ops_t pyxlio_u_ops
     unsigned long pyxlio_u_stray
     size_t pyxlio_u_reserve(const pyxlio_ugroup_t *g) nogil
@@ -509,6 +517,8 @@ cdef extern from *:
     uint32_t pyxlio_u_live_slots(const pyxlio_ugroup_t *g) nogil
     int pyxlio_u_trylock(pyxlio_ugroup_t *g) nogil
     void pyxlio_u_lock(pyxlio_ugroup_t *g) nogil
+    void pyxlio_u_rx_cb(pyxlio_xsock_t sock, uintptr_t ud, void *data, size_t len,
+                        pyxlio_xbuf_t *buf) nogil
     void pyxlio_u_unlock(pyxlio_ugroup_t *g) nogil
     int pyxlio_u_owned_by_me(const pyxlio_ugroup_t *g) nogil
     int pyxlio_u_stopping(const pyxlio_ugroup_t *g) nogil

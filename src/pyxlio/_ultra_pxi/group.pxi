@@ -369,15 +369,21 @@ cdef class PollGroup:
             self.dispatching = False
 
     cdef int raise_losses(self) except -1:
-        cdef unsigned long rx, ev, comps, acc
+        cdef unsigned long rx, ev, comps, acc, bad
         cdef unsigned long long nbytes
         self.lock()
         rx, ev, comps, acc = (self.g.lost_rx, self.g.lost_events, self.g.lost_comps,
                               self.g.lost_accepts)
         nbytes = self.g.lost_rx_bytes
+        bad = self.g.bad_rx_new
         self.g.lost_rx = self.g.lost_events = self.g.lost_comps = self.g.lost_accepts = 0
         self.g.lost_rx_bytes = 0
+        self.g.bad_rx_new = 0
         self.unlock()
+        if bad:
+            raise XlioError(EIO, f"XLIO handed over {bad} malformed received buffer(s) (no "
+                            "descriptor, no data, or a length above 16 MiB): returned to it "
+                            "unread, never exposed", "xlio_poll_group_poll")
         if rx or ev or comps or acc:
             raise XlioError(ENOBUFS, f"the group's event queue could not grow (out of memory): "
                             f"data was lost: {rx} received buffer(s) ({nbytes} bytes) went "
@@ -751,6 +757,14 @@ cdef class PollGroup:
         return f"<pyxlio.ultra.PollGroup {UltraKind(_KIND).name} {state}>"
 
     # -- test hooks -----------------------------------------------------------------------------
+
+    def _inject_malformed_rx(self, length: int) -> None:
+        """Test hook: XLIO's receive callback called as a broken provider would, with no
+        buffer descriptor and `length` bytes at a non-NULL address (nothing is read there)."""
+        self.check_open()
+        self.lock()
+        pyxlio_u_rx_cb(0, 0, <void *>self.g, <size_t>length, NULL)
+        self.unlock()
 
     def _set_queue_limit(self, records: int) -> None:
         """Test hook: the event queue may not hold more than `records` records (0: no limit),
